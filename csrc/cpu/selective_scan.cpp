@@ -1,0 +1,336 @@
+// CPU selective scan (mamba-ssm selective_scan_fn semantics), forward and backward.
+//
+// Per channel (b, e), with dt_t = softplus?(delta_t + delta_bias):
+//   s_t = exp(dt_t A) * s_{t-1} + dt_t B_t u_t        (N-vector, s_{-1} = 0)
+//   y_t = <s_t, C_t> + D u_t ;  out_t = y_t * silu(z_t)
+// Inputs are converted once to the accumulation type (float32, or float64 for float64
+// inputs); B and C are transposed to (batch, G, L, N) so the inner loop over N is contiguous.
+// The backward recomputes each channel's scan into an (L, N) scratch (never (B, E, L, N)),
+// then runs the adjoint recurrence backwards in time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../checks.h"
+
+// Hot loops get an AVX2+FMA clone next to the baseline one, picked at load time (GCC function
+// multiversioning), so the wheel stays portable; other compilers build the baseline only.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define DMM_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// Lets GCC if-convert the float compares in exp_inplace (default -ftrapping-math blocks it).
+#define DMM_NO_TRAPPING_MATH __attribute__((optimize("no-trapping-math")))
+#else
+#define DMM_SIMD_CLONES
+#define DMM_NO_TRAPPING_MATH
+#endif
+
+namespace dmm {
+namespace {
+
+// exp over a contiguous array, written so GCC/Clang vectorise it at -O3 (libm's expf is a
+// scalar call and dominated the scan). Cephes polynomial, ~1 ulp on the clamped range.
+DMM_SIMD_CLONES DMM_NO_TRAPPING_MATH void exp_inplace(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    float c = v < -87.0f ? -87.0f : v;  // clamp to the normal range; NaN passes through
+    c = c > 88.0f ? 88.0f : c;
+    const float k = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(c / ln 2)
+    const float r = c - k * 0.693359375f + k * 2.12194440e-4f;               // c - k ln 2
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
+    float scale;
+    std::memcpy(&scale, &bits, sizeof(float));
+    float e = p * scale;
+    e = v < -87.0f ? 0.0f : e;  // underflow (true value < 1.7e-38)
+    e = v > 88.0f ? INFINITY : e;
+    x[i] = e;
+  }
+}
+inline void exp_inplace(double* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// PyTorch's softplus (beta 1, threshold 20) and its derivative.
+template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
+template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// Channels per backward task: dB / dC partials are summed over these inside a task, then over
+// tasks in a fixed order, so results do not depend on the thread count.
+constexpr int64_t kBwdChannelChunk = 32;
+
+at::Tensor to_acc(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
+
+// (batch, N, L) or (batch, G, N, L) -> (batch, G, L, N) in the accumulation type.
+at::Tensor bc_time_major(const at::Tensor& t, const ScanDims& d, at::ScalarType acc) {
+  return t.to(acc).reshape({d.batch, d.n_groups, d.dstate, d.len}).transpose(2, 3).contiguous();
+}
+
+// Shared per-channel setup: dt_t for the channel, after bias and softplus.
+template <typename acc_t>
+inline void channel_dt(const acc_t* delta, acc_t bias, bool use_softplus, int64_t L, acc_t* dt) {
+  for (int64_t t = 0; t < L; ++t) {
+    const acc_t x = delta[t] + bias;
+    dt[t] = use_softplus ? softplus(x) : x;
+  }
+}
+
+// Runs the scan of one channel. a (L, N) receives exp(dt_t A); states (L, N) receives s_t when
+// non-null; y (L) receives <s_t, C_t> + D u_t (before the z gate). s (N) ends as the last state.
+template <typename acc_t>
+DMM_SIMD_CLONES void channel_scan(const acc_t* u, const acc_t* dt, const acc_t* A, const acc_t* Bt,
+                         const acc_t* Ct, acc_t Dskip, int64_t L, int64_t N, acc_t* a,
+                         acc_t* states, acc_t* y, acc_t* s) {
+  for (int64_t t = 0; t < L; ++t)
+    for (int64_t n = 0; n < N; ++n) a[t * N + n] = dt[t] * A[n];
+  exp_inplace(a, L * N);
+  std::fill(s, s + N, acc_t(0));
+  for (int64_t t = 0; t < L; ++t) {
+    const acc_t* at_ = a + t * N;
+    const acc_t* bt = Bt + t * N;
+    const acc_t* ct = Ct + t * N;
+    const acc_t dtu = dt[t] * u[t];
+    acc_t acc = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      s[n] = at_[n] * s[n] + dtu * bt[n];
+      acc += s[n] * ct[n];
+    }
+    if (states) std::copy(s, s + N, states + t * N);
+    y[t] = acc + Dskip * u[t];
+  }
+}
+
+// Adjoint of one channel's scan, backwards in time. g (N) carries dLoss/ds_t from step t+1
+// (already multiplied by a_{t+1}); ga, gs (N) are scratch. states (L + 1, N): row 0 is zero,
+// row t + 1 is s_t. Writes du, dz, ddt (= dLoss/d dt_t, before softplus) for the channel and
+// accumulates dA_e (N), dB / dC (L, N) of its group and dD.
+template <typename acc_t>
+DMM_SIMD_CLONES void channel_adjoint(int64_t L, int64_t N, const acc_t* dout, const acc_t* u,
+                                     const acc_t* dt, const acc_t* z, const acc_t* y,
+                                     const acc_t* a, const acc_t* states, const acc_t* A,
+                                     const acc_t* Bt, const acc_t* Ct, acc_t Dskip, acc_t* g,
+                                     acc_t* ga, acc_t* gs, acc_t* du, acc_t& dD, acc_t* dA,
+                                     acc_t* dz, acc_t* dB, acc_t* dC, acc_t* ddt_out) {
+  std::fill(g, g + N, acc_t(0));
+  for (int64_t t = L - 1; t >= 0; --t) {
+    acc_t dy = dout[t];
+    if (z) {
+      const acc_t zt = z[t], sz = sigmoid(zt);
+      dz[t] = dy * y[t] * sz * (acc_t(1) + zt * (acc_t(1) - sz));
+      dy *= zt * sz;
+    }
+    const acc_t ut = u[t], dtt = dt[t], dtu = dtt * ut;
+    const acc_t* at_ = a + t * N;
+    const acc_t* sp = states + t * N;  // s_{t-1}
+    const acc_t* st = sp + N;          // s_t
+    const acc_t* bt = Bt + t * N;
+    const acc_t* ct = Ct + t * N;
+    acc_t* dbt = dB + t * N;
+    acc_t* dct = dC + t * N;
+    for (int64_t n = 0; n < N; ++n) {  // element-wise part: vectorises
+      const acc_t gn = g[n] + dy * ct[n];
+      dct[n] += dy * st[n];
+      ga[n] = gn * sp[n] * at_[n];  // dLoss/d(dt_t A_n)
+      dA[n] += ga[n] * dtt;
+      dbt[n] += gn * dtu;
+      gs[n] = gn;
+      g[n] = gn * at_[n];
+    }
+    acc_t ddt = 0, gB = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      ddt += ga[n] * A[n];
+      gB += gs[n] * bt[n];
+    }
+    dD += dy * ut;
+    du[t] = dy * Dskip + gB * dtt;
+    ddt_out[t] = ddt + gB * ut;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cpu(
+    const at::Tensor& u_in, const at::Tensor& delta_in, const at::Tensor& A_in,
+    const at::Tensor& B_in, const at::Tensor& C_in, const c10::optional<at::Tensor>& D_in,
+    const c10::optional<at::Tensor>& z_in, const c10::optional<at::Tensor>& bias_in,
+    bool delta_softplus) {
+  const ScanDims d = check_selective_scan(u_in, delta_in, A_in, B_in, C_in, D_in, z_in, bias_in);
+  const auto acc = acc_type_for({u_in, delta_in, A_in, B_in, C_in, D_in, z_in, bias_in});
+  const auto opts = u_in.options().dtype(acc);
+  at::Tensor out = at::empty({d.batch, d.dim, d.len}, opts);                // (batch, E, L)
+  at::Tensor last_state = at::zeros({d.batch, d.dim, d.dstate}, opts);      // (batch, E, N)
+  if (d.batch == 0 || d.dim == 0 || d.len == 0)
+    return {out.to(u_in.scalar_type()), last_state};
+
+  const at::Tensor u = to_acc(u_in, acc), delta = to_acc(delta_in, acc);   // (batch, E, L)
+  const at::Tensor A = to_acc(A_in, acc);                                  // (E, N)
+  const at::Tensor Bt = bc_time_major(B_in, d, acc), Ct = bc_time_major(C_in, d, acc);  // (b, G, L, N)
+  const at::Tensor D = D_in.has_value() ? to_acc(*D_in, acc) : at::Tensor();
+  const at::Tensor z = z_in.has_value() ? to_acc(*z_in, acc) : at::Tensor();
+  const at::Tensor bias = bias_in.has_value() ? to_acc(*bias_in, acc) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "selective_scan_fwd_cpu", [&] {
+    using acc_t = scalar_t;
+    const int64_t E = d.dim, L = d.len, N = d.dstate, G = d.n_groups, per_group = E / G;
+    const acc_t* u_p = u.const_data_ptr<acc_t>();
+    const acc_t* delta_p = delta.const_data_ptr<acc_t>();
+    const acc_t* A_p = A.const_data_ptr<acc_t>();
+    const acc_t* B_p = Bt.const_data_ptr<acc_t>();
+    const acc_t* C_p = Ct.const_data_ptr<acc_t>();
+    const acc_t* D_p = D.defined() ? D.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* z_p = z.defined() ? z.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* bias_p = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
+    acc_t* out_p = out.mutable_data_ptr<acc_t>();
+    acc_t* last_p = last_state.mutable_data_ptr<acc_t>();
+    const int64_t grain = std::max<int64_t>(1, 4096 / (L * N));
+    at::parallel_for(0, d.batch * E, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> dt(L), a(L * N);
+      for (int64_t be = begin; be < end; ++be) {
+        const int64_t b = be / E, e = be % E, g = e / per_group;
+        const int64_t row = be * L;
+        channel_dt(delta_p + row, bias_p ? bias_p[e] : acc_t(0), delta_softplus, L, dt.data());
+        const int64_t bc = (b * G + g) * L * N;
+        acc_t* y = out_p + row;
+        channel_scan(u_p + row, dt.data(), A_p + e * N, B_p + bc, C_p + bc,
+                     D_p ? D_p[e] : acc_t(0), L, N, a.data(), static_cast<acc_t*>(nullptr), y,
+                     last_p + be * N);
+        if (z_p)
+          for (int64_t t = 0; t < L; ++t) y[t] *= z_p[row + t] * sigmoid(z_p[row + t]);
+      }
+    });
+  });
+  return {out.to(u_in.scalar_type()), last_state};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+selective_scan_bwd_cpu(const at::Tensor& dout_in, const at::Tensor& u_in,
+                       const at::Tensor& delta_in, const at::Tensor& A_in, const at::Tensor& B_in,
+                       const at::Tensor& C_in, const c10::optional<at::Tensor>& D_in,
+                       const c10::optional<at::Tensor>& z_in,
+                       const c10::optional<at::Tensor>& bias_in, bool delta_softplus) {
+  const ScanDims d = check_selective_scan(u_in, delta_in, A_in, B_in, C_in, D_in, z_in, bias_in);
+  check_arg("selective_scan", "dout", dout_in, u_in, u_in.sizes(), "(batch, E, L)");
+  const auto acc = acc_type_for({dout_in, u_in, delta_in, A_in, B_in, C_in, D_in, z_in, bias_in});
+  const auto opts = u_in.options().dtype(acc);
+  const int64_t E = d.dim, L = d.len, N = d.dstate, G = d.n_groups, per_group = E / G;
+  const int64_t n_chunks = (per_group + kBwdChannelChunk - 1) / kBwdChannelChunk;
+
+  at::Tensor du = at::zeros({d.batch, E, L}, opts);                        // (batch, E, L)
+  at::Tensor ddelta = at::zeros({d.batch, E, L}, opts);                    // (batch, E, L)
+  at::Tensor dz = z_in.has_value() ? at::zeros({d.batch, E, L}, opts) : at::Tensor();
+  at::Tensor dA_part = at::zeros({d.batch, E, N}, opts);                   // summed over batch
+  at::Tensor dD_part = at::zeros({d.batch, E}, opts);
+  at::Tensor dbias_part = at::zeros({d.batch, E}, opts);
+  at::Tensor dB_part = at::zeros({d.batch, G, n_chunks, L, N}, opts);      // summed over chunks
+  at::Tensor dC_part = at::zeros({d.batch, G, n_chunks, L, N}, opts);
+
+  if (d.batch > 0 && E > 0 && L > 0) {
+    const at::Tensor dout = to_acc(dout_in, acc);                          // (batch, E, L)
+    const at::Tensor u = to_acc(u_in, acc), delta = to_acc(delta_in, acc);
+    const at::Tensor A = to_acc(A_in, acc);                                // (E, N)
+    const at::Tensor Bt = bc_time_major(B_in, d, acc), Ct = bc_time_major(C_in, d, acc);
+    const at::Tensor D = D_in.has_value() ? to_acc(*D_in, acc) : at::Tensor();
+    const at::Tensor z = z_in.has_value() ? to_acc(*z_in, acc) : at::Tensor();
+    const at::Tensor bias = bias_in.has_value() ? to_acc(*bias_in, acc) : at::Tensor();
+
+    AT_DISPATCH_FLOATING_TYPES(acc, "selective_scan_bwd_cpu", [&] {
+      using acc_t = scalar_t;
+      const acc_t* dout_p = dout.const_data_ptr<acc_t>();
+      const acc_t* u_p = u.const_data_ptr<acc_t>();
+      const acc_t* delta_p = delta.const_data_ptr<acc_t>();
+      const acc_t* A_p = A.const_data_ptr<acc_t>();
+      const acc_t* B_p = Bt.const_data_ptr<acc_t>();
+      const acc_t* C_p = Ct.const_data_ptr<acc_t>();
+      const acc_t* D_p = D.defined() ? D.const_data_ptr<acc_t>() : nullptr;
+      const acc_t* z_p = z.defined() ? z.const_data_ptr<acc_t>() : nullptr;
+      const acc_t* bias_p = bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr;
+      acc_t* du_p = du.mutable_data_ptr<acc_t>();
+      acc_t* ddelta_p = ddelta.mutable_data_ptr<acc_t>();
+      acc_t* dz_p = dz.defined() ? dz.mutable_data_ptr<acc_t>() : nullptr;
+      acc_t* dA_p = dA_part.mutable_data_ptr<acc_t>();
+      acc_t* dD_p = dD_part.mutable_data_ptr<acc_t>();
+      acc_t* dbias_p = dbias_part.mutable_data_ptr<acc_t>();
+      acc_t* dB_p = dB_part.mutable_data_ptr<acc_t>();
+      acc_t* dC_p = dC_part.mutable_data_ptr<acc_t>();
+
+      // One task = one (batch, group, chunk of channels); it owns its dB / dC partial slice.
+      at::parallel_for(0, d.batch * G * n_chunks, 1, [&](int64_t begin, int64_t end) {
+        // states row 0 is s_{-1} = 0, row t + 1 is s_t.
+        std::vector<acc_t> dt(L), a(L * N), states((L + 1) * N, acc_t(0)), y(L), s(N), g(N),
+            ga(N), gs(N);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t chunk = task % n_chunks, bg = task / n_chunks;
+          const int64_t b = bg / G, grp = bg % G;
+          const acc_t* Bg = B_p + bg * L * N;
+          const acc_t* Cg = C_p + bg * L * N;
+          acc_t* dBg = dB_p + task * L * N;
+          acc_t* dCg = dC_p + task * L * N;
+          const int64_t e_begin = grp * per_group + chunk * kBwdChannelChunk;
+          const int64_t e_end = std::min(e_begin + kBwdChannelChunk, (grp + 1) * per_group);
+          for (int64_t e = e_begin; e < e_end; ++e) {
+            const int64_t be = b * E + e, row = be * L;
+            const acc_t* A_e = A_p + e * N;
+            const acc_t Dskip = D_p ? D_p[e] : acc_t(0);
+            const acc_t* u_r = u_p + row;
+            channel_dt(delta_p + row, bias_p ? bias_p[e] : acc_t(0), delta_softplus, L,
+                       dt.data());
+            channel_scan(u_r, dt.data(), A_e, Bg, Cg, Dskip, L, N, a.data(), states.data() + N,
+                         y.data(), s.data());
+
+            acc_t dD_acc = 0, dbias_acc = 0;
+            channel_adjoint(L, N, dout_p + row, u_r, dt.data(), z_p ? z_p + row : nullptr,
+                            y.data(), a.data(), states.data(), A_e, Bg, Cg, Dskip, g.data(),
+                            ga.data(), gs.data(), du_p + row, dD_acc, dA_p + be * N,
+                            dz_p ? dz_p + row : nullptr, dBg, dCg, ddelta_p + row);
+            // ddelta_p holds d/d(dt); chain through softplus(delta + bias).
+            for (int64_t t = 0; t < L; ++t) {
+              acc_t ddt = ddelta_p[row + t];
+              if (delta_softplus) {
+                const acc_t x = delta_p[row + t] + (bias_p ? bias_p[e] : acc_t(0));
+                if (x <= acc_t(20)) ddt *= sigmoid(x);
+              }
+              ddelta_p[row + t] = ddt;
+              dbias_acc += ddt;
+            }
+            dD_p[be] = dD_acc;
+            dbias_p[be] = dbias_acc;
+          }
+        }
+      });
+    });
+  }
+
+  auto like = [](const at::Tensor& g, const at::Tensor& ref) { return g.to(ref.scalar_type()); };
+  // (batch, G, chunks, L, N) -> (batch, G, N, L) -> B's own shape.
+  auto reduce_bc = [&](const at::Tensor& part, const at::Tensor& ref) {
+    return part.sum(2).transpose(2, 3).reshape(ref.sizes()).to(ref.scalar_type()).contiguous();
+  };
+  // Absent optional input: numel-0 float32 gradient (matches the fake in dmm_kernels/ops.py).
+  const at::Tensor empty = at::empty({0}, u_in.options().dtype(at::kFloat));
+  return {like(du, u_in),
+          like(ddelta, delta_in),
+          like(dA_part.sum(0), A_in),
+          reduce_bc(dB_part, B_in),
+          reduce_bc(dC_part, C_in),
+          D_in.has_value() ? like(dD_part.sum(0), *D_in) : empty,
+          z_in.has_value() ? like(dz, *z_in) : empty,
+          bias_in.has_value() ? like(dbias_part.sum(0), *bias_in) : empty};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dmm, CPU, m) {
+  m.impl("selective_scan_fwd", &selective_scan_fwd_cpu);
+  m.impl("selective_scan_bwd", &selective_scan_bwd_cpu);
+}
+
+}  // namespace dmm

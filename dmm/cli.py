@@ -1,0 +1,299 @@
+"""Command line: dmm train | eval | compare | datasets | info (entry point dmm.cli:main)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG_TRAIN = """\
+examples:
+  dmm train                                   # DMM on the embedded Pendulum data (CPU, minutes)
+  dmm train --model dt                        # the Decision Transformer baseline, same data
+  dmm train --config hopper-medium            # paper settings; needs D4RL's hopper-medium-v2.hdf5
+  dmm train --dataset path/to/data.hdf5 --steps 20000 model.d_model=64 train.warmup_steps=1000
+  dmm train --resume runs/<run>               # continue an interrupted run exactly
+  torchrun --nproc_per_node 2 -m dmm train    # data parallel (batch size is per process)
+
+Any config value can be overridden as section.key=value (sections: data, model, train, eval);
+bundled configs: {configs}.
+"""
+
+
+def _configs() -> str:
+    from dmm.train import available_configs
+    return ", ".join(available_configs())
+
+
+# ----------------------------------------------------------------------------- parsers
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dmm", description="Decision MetaMamba: offline reinforcement learning from "
+        "trajectories with multi-modal token mixers and selective state-space models.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run `dmm <command> --help` for the options of each command")
+    sub = p.add_subparsers(dest="command", metavar="command")
+
+    t = sub.add_parser("train", help="train a model on an offline dataset and evaluate it",
+                       description="Train Decision MetaMamba (or the DT baseline) on an offline "
+                       "dataset, evaluate it in Gymnasium and write a run folder (config.yaml, "
+                       "metrics.csv, learning_curve.png, checkpoints/last.pt, results.json).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=EPILOG_TRAIN.format(configs=_configs()))
+    _add_train_args(t)
+    t.add_argument("--config", help="YAML file or bundled config name (default: default.yaml, "
+                   "or dt-default.yaml with --model dt)")
+    t.add_argument("--model", choices=["dmm", "dt"], help="model family (default: the config's)")
+    t.add_argument("--mixer", choices=["conv", "line", "double-conv", "double-line", "dense", "none"],
+                   help="DMM token mixer (none = plain Decision Mamba block)")
+    t.add_argument("--batch-size", type=int, help="batch size per process")
+    t.add_argument("--lr", type=float, help="peak learning rate (after warmup)")
+    t.add_argument("--out", help="run folder (default: runs/<dataset>-<model>-seed<N>-<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or a .pt "
+                   "checkpoint) exactly where it stopped; --steps may extend it")
+    t.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="config overrides, e.g. model.d_model=64 train.warmup_steps=500")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("compare", help="train DMM and the DT baseline on the same data and seed, "
+                       "print a side-by-side table",
+                       description="Train DMM (default.yaml or --config) and DT (dt-default.yaml "
+                       "or --dt-config) with the same dataset, seed, steps and evaluation, in "
+                       "OUT/dmm and OUT/dt, then print both scores side by side.")
+    _add_train_args(c)
+    c.add_argument("--config", help="DMM config (default: default.yaml)")
+    c.add_argument("--dt-config", help="DT config (default: dt-default.yaml)")
+    c.add_argument("--out", help="parent folder of the two runs (default: runs/compare-<time>)")
+    c.set_defaults(func=cmd_compare)
+
+    e = sub.add_parser("eval", help="re-evaluate a checkpoint",
+                       description="Roll out a saved policy in Gymnasium (N episodes at once) and "
+                       "report the normalized score (mean ± std over episodes and seeds). "
+                       "Results go to <run>/eval-<mode>.json.")
+    e.add_argument("checkpoint", help="a run folder or a .pt checkpoint")
+    e.add_argument("--episodes", type=int, help="episodes per seed (default: the run's)")
+    e.add_argument("--mode", choices=["window", "recurrent"],
+                   help="window: re-run the last K steps each step (paper); recurrent: O(1) "
+                   "per step with the whole episode as context (DMM only)")
+    e.add_argument("--target-return", type=float, nargs="+", metavar="R",
+                   help="return-to-go target(s) (default: the run's)")
+    e.add_argument("--seeds", type=int, nargs="+", metavar="S", help="evaluation seeds")
+    e.add_argument("--eval-action-pad", type=float, metavar="V",
+                   help="action value of padded steps in window mode (default -10 as in "
+                   "training; 0 reproduces the official evaluation code)")
+    e.add_argument("--device", help="cpu | cuda | auto (default auto)", default="auto")
+    e.add_argument("--out", help="results JSON path (default <run>/eval-<mode>.json)")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("datasets", help="list embedded datasets and what the D4RL / Minari "
+                       "caches hold",
+                       description="List the embedded datasets (generated from Gymnasium on "
+                       "first use and cached) and the datasets found in the D4RL "
+                       "($D4RL_DATASET_DIR or ~/.d4rl/datasets) and Minari "
+                       "($MINARI_DATASETS_PATH or ~/.minari/datasets) caches. Nothing is "
+                       "downloaded.")
+    d.add_argument("--prepare", action="store_true", help="generate and cache the embedded "
+                   "datasets now")
+    d.set_defaults(func=cmd_datasets)
+
+    i = sub.add_parser("info", help="versions, compiled kernels, CUDA",
+                       description="Print package versions, whether the compiled dmm_kernels "
+                       "extension is loaded, and CUDA availability.")
+    i.set_defaults(func=cmd_info)
+    return p
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", help="embedded:<name>, d4rl:<name>, minari:<id>, or a path to a "
+                   "D4RL-format .hdf5 / dmm .npz file (default: embedded:pendulum-medium-replay)")
+    p.add_argument("--steps", type=int, help="total training steps")
+    p.add_argument("--seed", type=int, help="random seed (same seed -> same weights on CPU)")
+    p.add_argument("--eval-episodes", type=int, help="evaluation episodes (0: no evaluation)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (0: only at the end)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+# ----------------------------------------------------------------------------- commands
+def _flag_overrides(args) -> dict:
+    """CLI flags as {section: {key: value}}, only those given."""
+    pairs = {
+        ("data", "dataset"): args.dataset, ("train", "steps"): args.steps,
+        ("train", "seed"): args.seed, ("eval", "episodes"): args.eval_episodes,
+        ("train", "eval_every"): args.eval_every, ("train", "device"): args.device,
+        ("train", "batch_size"): getattr(args, "batch_size", None),
+        ("train", "lr"): getattr(args, "lr", None), ("train", "out"): getattr(args, "out", None),
+        ("model", "mixer"): getattr(args, "mixer", None),
+    }
+    out: dict = {}
+    for (section, key), value in pairs.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def cmd_train(args) -> int:
+    from dmm.train import apply_overrides, make_config, merge, train
+    changes = _flag_overrides(args)
+    if args.resume:
+        if args.config or args.model or args.mixer or args.overrides:
+            raise ValueError("--resume continues the saved configuration; only --steps, "
+                             "--eval-*, --device and --out may be given with it")
+        train(changes, resume=args.resume, progress=not args.no_progress)
+        return 0
+    cfg = make_config(args.config, model=args.model)
+    if "mixer" in changes.get("model", {}) and cfg["model"]["model"] != "dmm":
+        raise ValueError("--mixer applies to DMM only; drop it or use --model dmm")
+    cfg = apply_overrides(merge(cfg, changes), args.overrides)
+    train(cfg, progress=not args.no_progress)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import time
+    from dmm.train import make_config, merge, train
+    changes = _flag_overrides(args)
+    changes.get("train", {}).pop("out", None)
+    parent = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = {}
+    for name, config in (("dmm", args.config or "default.yaml"),
+                         ("dt", args.dt_config or "dt-default.yaml")):
+        cfg = merge(make_config(config), changes)
+        cfg["train"]["out"] = str(parent / name)
+        print(f"=== {name}: {config} -> {parent / name}")
+        results[name] = train(cfg, progress=not args.no_progress)
+    print(_compare_table(results))
+    (parent / "compare.json").write_text(json.dumps(
+        {k: {"final_eval": r.final_eval, "dataset_score": r.dataset_score,
+             "elapsed_s": r.elapsed_s, "params": sum(p.numel() for p in r.model.parameters())}
+         for k, r in results.items()}, indent=2, default=str))
+    return 0
+
+
+def _compare_table(results: dict) -> str:
+    lines = [f"{'model':<6} {'params':>9} {'train s':>8} {'score':>14} {'return':>10}"]
+    for name, r in results.items():
+        f = r.final_eval or {}
+        score = ("n/a" if f.get("score_mean") is None
+                 else f"{f['score_mean']:.1f} ± {f['score_std']:.1f}")
+        ret = "n/a" if not f else f"{f['return_mean']:.1f}"
+        n = sum(p.numel() for p in r.model.parameters())
+        lines.append(f"{name:<6} {n:>9,} {r.elapsed_s:>8.0f} {score:>14} {ret:>10}")
+    ds = next(iter(results.values())).dataset_score
+    if ds is not None:
+        lines.append(f"dataset average normalized return: {ds:.1f}")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from dmm.evaluate import evaluate_checkpoint
+    target = None
+    if args.target_return:
+        target = args.target_return[0] if len(args.target_return) == 1 else args.target_return
+    res = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, mode=args.mode,
+                              target_return=target, seeds=args.seeds,
+                              action_pad=args.eval_action_pad, device=args.device, out=args.out)
+    for t in res["targets"]:
+        score = ("n/a (no reference returns)" if t["score_mean"] is None
+                 else f"{t['score_mean']:.1f} ± {t['score_std']:.1f}")
+        print(f"target {t['target_return']:g}: normalized score {score}, return "
+              f"{t['return_mean']:.1f} ± {t['return_std']:.1f} over {t['episodes']} episodes "
+              f"({res['mode']} mode, seeds {res['seeds']})")
+    if len(res["targets"]) > 1 and res["best_target_score"] is not None:
+        print(f"max over targets (the official code's reporting): {res['best_target_score']:.1f}")
+    print(f"results: {res['results_path']}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from dmm import data
+    from dmm.data.d4rl import d4rl_cache_dir
+    names = _embedded_names(data)
+    print("embedded datasets (spec embedded:<name>):")
+    for name in names:
+        line = f"  {name}"
+        if args.prepare:
+            ds = data.load_dataset(f"embedded:{name}")
+            s = ds.summary()
+            line += (f"  {s['episodes']} episodes, {s['steps']:,} steps, return "
+                     f"{s['return_mean']:.1f} (env {s['env_id']})")
+        print(line)
+    if not names:
+        print("  (none found)")
+    d4rl = Path(d4rl_cache_dir())
+    files = sorted(d4rl.glob("*.hdf5")) if d4rl.is_dir() else []
+    print(f"D4RL cache {d4rl} (spec d4rl:<name>):" + ("" if files else " nothing found"))
+    for f in files:
+        print(f"  {f.stem}  ({f.stat().st_size / 2**20:.0f} MiB)")
+    minari = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+    found = sorted(str(p.parent.relative_to(minari)) for p in minari.rglob("metadata.json")) \
+        if minari.is_dir() else []
+    print(f"Minari cache {minari} (spec minari:<id>):" + ("" if found else " nothing found"))
+    for f in found:
+        print(f"  {f}")
+    return 0
+
+
+def _embedded_names(data) -> list[str]:
+    for attr in ("embedded_names", "list_embedded", "available_embedded"):
+        fn = getattr(data, attr, None)
+        if callable(fn):
+            return list(fn())
+    for attr in ("EMBEDDED", "EMBEDDED_DATASETS"):
+        table = getattr(data, attr, None)
+        if table is not None:
+            return list(table)
+    from dmm.data import embedded
+    for attr in ("EMBEDDED", "DATASETS", "EMBEDDED_DATASETS", "NAMES"):
+        table = getattr(embedded, attr, None)
+        if table is not None:
+            return list(table)
+    return []
+
+
+def cmd_info(args) -> int:
+    import platform
+    import numpy
+    import torch
+    import dmm
+    import dmm_kernels
+    print(f"dmm {dmm.__version__}  python {platform.python_version()}  torch {torch.__version__}  "
+          f"numpy {numpy.__version__}")
+    for mod in ("gymnasium", "mujoco", "h5py", "minari"):
+        try:
+            m = __import__(mod)
+            print(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            print(f"{mod} not installed")
+    ext = getattr(dmm_kernels, "HAS_EXTENSION", False)
+    print(f"compiled dmm_kernels extension: {'loaded' if ext else 'NOT loaded (pure-PyTorch reference path, slow)'}")
+    if os.environ.get("DMM_KERNELS_FORCE_REFERENCE"):
+        print("DMM_KERNELS_FORCE_REFERENCE is set: the reference path is forced")
+    cuda = torch.cuda.is_available()
+    print(f"CUDA available: {cuda}" + (f" ({torch.cuda.device_count()} x "
+                                       f"{torch.cuda.get_device_name(0)})" if cuda else ""))
+    print(f"torch CUDA build: {torch.version.cuda}  CPU threads: {torch.get_num_threads()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if argv is None and len(sys.argv) <= 1 else 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        if os.environ.get("DMM_DEBUG"):
+            raise
+        print(f"dmm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

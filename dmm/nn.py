@@ -1,0 +1,283 @@
+"""MetaMambaBlock: the Decision MetaMamba layer (DESIGN.md section 3) as an nn.Module.
+
+The block owns its parameters (names follow mamba-ssm where they exist) and hands the
+computation to the fused ops in dmm_kernels: `metamamba_block` for a sequence and
+`metamamba_step` for one token with a cache. mixer="none" is the plain Mamba block of
+Decision Mamba (h + Mamba(LN(h)), depthwise causal conv1d of width 4), written here in
+PyTorch around `dmm_kernels.selective_scan`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dmm_kernels
+
+MIXERS = ("conv", "line", "double-conv", "double-line", "dense", "none")
+# Defaults each preset gives to the arguments left as None.
+PRESETS = {
+    "v1": {"mixer": "conv", "expand": 2, "residual_ssm": False},   # arXiv 2408.10517
+    "v2": {"mixer": "dense", "expand": 1, "residual_ssm": True},   # arXiv 2602.19805
+}
+FAITHFUL_STD = 0.02  # the paper's _init_weights: every nn.Linear inside the blocks ~ N(0, 0.02)
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Recurrent states and scan parameters are kept in at least fp32 (fp64 stays fp64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ModalMixer(nn.Module):
+    """Causal token mixer with one filter per modality (token i has modality i % M).
+
+    kind "conv": depthwise, weight (M, W, dim), bias (M, dim).
+    kind "line": dense over the window, weight (M, dim, W*dim) (column k*dim + d, k = 0 the
+    oldest token), no bias. "dense" (v2) is "line" with M = 1.
+    """
+
+    def __init__(self, dim, kind="conv", window=6, n_modalities=3, device=None, dtype=None):
+        super().__init__()
+        if kind not in ("conv", "line"):
+            raise ValueError(f"ModalMixer: kind must be 'conv' or 'line'; got {kind!r}")
+        if window < 1:
+            raise ValueError(f"ModalMixer: window must be >= 1; got {window}")
+        factory = {"device": device, "dtype": dtype}
+        self.dim, self.kind, self.window, self.n_modalities = dim, kind, window, n_modalities
+        if kind == "conv":
+            self.weight = nn.Parameter(torch.empty(n_modalities, window, dim, **factory))
+            self.bias = nn.Parameter(torch.empty(n_modalities, dim, **factory))
+        else:
+            self.weight = nn.Parameter(torch.empty(n_modalities, dim, window * dim, **factory))
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self, faithful: bool = False) -> None:
+        """Default: the fan-in uniform init of nn.Conv1d / nn.Linear for the weight and a zero
+        bias, so at init the mixer is an unbiased local average and h1 = h + mixed starts near
+        h. faithful: exactly what the paper's modules get (Conv1d keeps PyTorch's default,
+        bias included; the Linear mixers are caught by _init_weights: N(0, 0.02))."""
+        with torch.no_grad():
+            if self.kind == "conv":
+                bound = 1.0 / math.sqrt(self.window)   # Conv1d(groups=dim): fan_in = W
+                self.weight.uniform_(-bound, bound)
+                if faithful:
+                    self.bias.uniform_(-bound, bound)
+                else:
+                    self.bias.zero_()
+            elif faithful:
+                self.weight.normal_(0.0, FAITHFUL_STD)
+            else:
+                bound = 1.0 / math.sqrt(self.window * self.dim)
+                self.weight.uniform_(-bound, bound)
+
+    def forward(self, u: torch.Tensor, phase: int = 0) -> torch.Tensor:
+        return dmm_kernels.modal_mix(u, self.weight, self.bias, kind=self.kind,
+                                     n_modalities=self.n_modalities, phase=phase)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, kind={self.kind}, window={self.window}, n_modalities={self.n_modalities}"
+
+
+class MetaMambaBlock(nn.Module):
+    """One Decision MetaMamba block, a drop-in like mamba_ssm.Mamba: (B, L, D) -> (B, L, D).
+
+    mixer: conv | line | double-conv | double-line | dense | none (None: the preset's).
+    preset "v1": expand 2, no residual around the SSM (double mixers always have one);
+    preset "v2": mixer "dense", expand 1, residual around the SSM. Arguments given explicitly
+    override the preset. faithful=True initialises like the paper's code (every Linear inside
+    the block N(0, 0.02) with zero bias, which zeroes dt_proj.bias too); the quirks that span
+    layers (shared LayerNorms / mixer) belong to DecisionMetaMamba.
+    Token 0 of every sequence given to forward() has modality 0 (a return-to-go token).
+    """
+
+    def __init__(self, d_model, mixer=None, preset="v1", window=6, n_modalities=3, expand=None,
+                 d_state=16, dt_rank="auto", residual_ssm=None, faithful=False, dt_min=1e-3,
+                 dt_max=0.1, dt_init_floor=1e-4, d_conv=4, eps=1e-5, layer_idx=None,
+                 device=None, dtype=None):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"MetaMambaBlock: preset must be one of {tuple(PRESETS)}; got {preset!r}")
+        defaults = PRESETS[preset]
+        mixer = defaults["mixer"] if mixer is None else mixer
+        if mixer not in MIXERS:
+            raise ValueError(f"MetaMambaBlock: mixer must be one of {MIXERS}; got {mixer!r}")
+        expand = defaults["expand"] if expand is None else expand
+        double = mixer.startswith("double-")
+        if mixer == "none":
+            if residual_ssm is False:
+                raise ValueError("MetaMambaBlock: mixer='none' is the pre-LN residual Mamba block; "
+                                 "residual_ssm=False is not available for it (leave it None)")
+            residual_ssm = True
+        elif double:
+            if residual_ssm is False:
+                raise ValueError(f"MetaMambaBlock: mixer={mixer!r} always adds the residual around "
+                                 "the SSM (out + h1); leave residual_ssm None or set it True")
+            residual_ssm = True
+        elif residual_ssm is None:
+            residual_ssm = defaults["residual_ssm"]
+        if not (0 < dt_min <= dt_max):
+            raise ValueError(f"MetaMambaBlock: need 0 < dt_min <= dt_max; got {dt_min}, {dt_max}")
+
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.mixer, self.preset, self.window = d_model, mixer, preset, window
+        self.n_modalities = 1 if mixer == "dense" else n_modalities
+        self.expand, self.d_state = expand, d_state
+        self.d_inner = E = int(expand * d_model)
+        self.dt_rank = R = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.residual_ssm, self.faithful, self.eps = bool(residual_ssm), faithful, eps
+        self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
+        self.d_conv, self.layer_idx = d_conv, layer_idx
+        self.kind = "line" if mixer == "dense" else mixer.removeprefix("double-")
+
+        self.norm1 = nn.LayerNorm(d_model, eps=eps, **factory)
+        if mixer == "none":
+            self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=True, **factory)
+        else:
+            self.mixer1 = ModalMixer(d_model, self.kind, window, self.n_modalities, **factory)
+            self.norm2 = nn.LayerNorm(d_model, eps=eps, **factory)
+        self.in_proj = nn.Linear(d_model, 2 * E, bias=False, **factory)
+        self.mixer2 = ModalMixer(E, self.kind, window, self.n_modalities, **factory) if double else None
+        self.x_proj = nn.Linear(E, R + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(R, E, bias=True, **factory)
+        self.A_log = nn.Parameter(torch.empty(E, d_state, **factory))
+        self.D = nn.Parameter(torch.empty(E, **factory))
+        self.out_proj = nn.Linear(E, d_model, bias=False, **factory)
+        # Optimizers may skip weight decay on these (mamba-ssm convention).
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.reset_parameters()
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """Mamba init: dt_proj.bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]
+        (floored at dt_init_floor); dt_proj.weight ~ U(+-R^-0.5); A_log = log(1..N) per channel
+        (S4D-real); D = 1; the other Linears keep PyTorch's default. faithful: then every Linear
+        (mixers of kind line included) is redrawn N(0, 0.02) with zero bias, as the paper's
+        _init_weights does, which also zeroes dt_proj.bias (softplus(0) = 0.69)."""
+        linears = [self.in_proj, self.x_proj, self.dt_proj, self.out_proj]
+        with torch.no_grad():
+            for norm in (self.norm1, getattr(self, "norm2", None)):
+                if norm is not None:
+                    norm.reset_parameters()
+            for lin in linears:
+                lin.reset_parameters()
+            if self.mixer == "none":
+                self.conv1d.reset_parameters()
+            for mix in (getattr(self, "mixer1", None), self.mixer2):
+                if mix is not None:
+                    mix.reset_parameters(faithful=self.faithful)
+            std = self.dt_rank ** -0.5
+            self.dt_proj.weight.uniform_(-std, std)
+            E, dev = self.d_inner, self.dt_proj.bias.device
+            log_min, log_max = math.log(self.dt_min), math.log(self.dt_max)
+            dt = torch.exp(torch.rand(E, device=dev, dtype=torch.float64) * (log_max - log_min)
+                           + log_min).clamp(min=self.dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))   # softplus^-1(dt)
+            a = torch.arange(1, self.d_state + 1, dtype=torch.float64, device=dev)
+            self.A_log.copy_(torch.log(a).repeat(E, 1))
+            self.D.fill_(1.0)
+            if self.faithful:
+                for lin in linears:
+                    lin.weight.normal_(0.0, FAITHFUL_STD)
+                    if lin.bias is not None:
+                        lin.bias.zero_()
+
+    # ---- the op's view of the parameters -------------------------------------------------------
+    def kernel_params(self) -> dict:
+        """The parameters under the argument names of dmm_kernels.metamamba_block / _step."""
+        if self.mixer == "none":
+            raise RuntimeError("MetaMambaBlock(mixer='none') does not use the fused block op")
+        return {
+            "norm1_weight": self.norm1.weight, "norm1_bias": self.norm1.bias,
+            "mixer1_weight": self.mixer1.weight, "mixer1_bias": self.mixer1.bias,
+            "norm2_weight": self.norm2.weight, "norm2_bias": self.norm2.bias,
+            "in_proj_weight": self.in_proj.weight,
+            "mixer2_weight": None if self.mixer2 is None else self.mixer2.weight,
+            "mixer2_bias": None if self.mixer2 is None else self.mixer2.bias,
+            "x_proj_weight": self.x_proj.weight,
+            "dt_proj_weight": self.dt_proj.weight, "dt_proj_bias": self.dt_proj.bias,
+            "A_log": self.A_log, "D": self.D, "out_proj_weight": self.out_proj.weight,
+        }
+
+    # ---- sequence and step ---------------------------------------------------------------------
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() != 3 or h.shape[-1] != self.d_model:
+            raise ValueError(f"MetaMambaBlock: h must be (batch, length, {self.d_model}); "
+                             f"got {tuple(h.shape)}")
+        if self.mixer == "none":
+            return self._mamba_forward(h)
+        return dmm_kernels.metamamba_block(h, self.kernel_params(), mixer=self.mixer,
+                                           n_modalities=self.n_modalities,
+                                           residual_ssm=self.residual_ssm, eps=self.eps)
+
+    def allocate_inference_cache(self, batch: int, dtype=None) -> dict:
+        """Zero cache for step(): mixer caches in `dtype` (default: the weights'), SSM state fp32."""
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        device = self.in_proj.weight.device
+        if self.mixer == "none":
+            return {
+                "conv_state": torch.zeros(batch, self.d_inner, self.d_conv - 1, dtype=dtype,
+                                          device=device),
+                "ssm_state": torch.zeros(batch, self.d_inner, self.d_state,
+                                         dtype=_state_dtype(dtype), device=device),
+            }
+        return dmm_kernels.allocate_step_cache(batch, self.kernel_params(), self.mixer, dtype, device)
+
+    def step(self, h_t: torch.Tensor, cache: dict, position: int) -> torch.Tensor:
+        """One token h_t (B, D) at index `position` of the token sequence (its modality is
+        position % n_modalities); updates `cache` in place and returns (B, D)."""
+        if h_t.dim() != 2 or h_t.shape[-1] != self.d_model:
+            raise ValueError(f"MetaMambaBlock.step: h_t must be (batch, {self.d_model}); "
+                             f"got {tuple(h_t.shape)}")
+        if self.mixer == "none":
+            return self._mamba_step(h_t, cache)
+        return dmm_kernels.metamamba_step(h_t, cache, self.kernel_params(), mixer=self.mixer,
+                                          n_modalities=self.n_modalities,
+                                          residual_ssm=self.residual_ssm, eps=self.eps,
+                                          position=position)
+
+    # ---- mixer="none": Decision Mamba's block ----------------------------------------------------
+    def _ssm_params(self):
+        st = _state_dtype(self.A_log.dtype)
+        return -torch.exp(self.A_log.to(st)), self.D.to(st), self.dt_proj.bias.to(st)
+
+    def _mamba_forward(self, h: torch.Tensor) -> torch.Tensor:
+        L, E, N, R = h.shape[1], self.d_inner, self.d_state, self.dt_rank
+        x, z = self.in_proj(self.norm1(h)).chunk(2, dim=-1)              # (B, L, E) each
+        x = F.conv1d(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
+                     padding=self.d_conv - 1, groups=E)[..., :L]         # (B, E, L) causal
+        x = F.silu(x)
+        dt_low, Bc, Cc = self.x_proj(x.transpose(1, 2)).split([R, N, N], dim=-1)
+        delta = (dt_low @ self.dt_proj.weight.T).transpose(1, 2)         # (B, E, L), no bias
+        A, Dskip, dt_bias = self._ssm_params()
+        y = dmm_kernels.selective_scan(
+            x, delta, A, Bc.transpose(1, 2).contiguous(), Cc.transpose(1, 2).contiguous(),
+            D=Dskip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True)  # (B, E, L)
+        return h + self.out_proj(y.transpose(1, 2))
+
+    def _mamba_step(self, h_t: torch.Tensor, cache: dict) -> torch.Tensor:
+        N, R = self.d_state, self.dt_rank
+        x, z = self.in_proj(self.norm1(h_t)).chunk(2, dim=-1)            # (B, E) each
+        conv_state = cache["conv_state"]                                 # (B, E, d_conv-1)
+        window = torch.cat([conv_state, x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
+        conv_state.copy_(window[..., 1:])
+        x = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (B, E)
+        dt_low, Bc, Cc = self.x_proj(x).split([R, N, N], dim=-1)
+        A, Dskip, dt_bias = self._ssm_params()
+        st = A.dtype
+        x32, Bc, Cc = x.to(st), Bc.to(st), Cc.to(st)
+        delta = F.softplus((dt_low @ self.dt_proj.weight.T).to(st) + dt_bias)   # (B, E)
+        state = cache["ssm_state"]                                       # (B, E, N)
+        state.copy_(torch.exp(delta[..., None] * A) * state
+                    + (delta * x32)[..., None] * Bc[:, None])
+        y = (state * Cc[:, None]).sum(-1) + Dskip * x32                  # (B, E)
+        y = (y * F.silu(z.to(st))).to(h_t.dtype)
+        return h_t + self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, mixer={self.mixer}, preset={self.preset}, "
+                f"expand={self.expand}, d_state={self.d_state}, dt_rank={self.dt_rank}, "
+                f"residual_ssm={self.residual_ssm}, faithful={self.faithful}")

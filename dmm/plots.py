@@ -1,0 +1,50 @@
+"""Learning-curve PNG from a run's metrics.csv (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+def _column(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
+    """Training loss (left) and evaluation score with its std band (right) against step."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    metrics_csv, out_png = Path(metrics_csv), Path(out_png)
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps, loss = _column(rows, "loss")
+    ax_loss.plot(steps, loss, lw=1.2)
+    ax_loss.set(xlabel="step", ylabel="action MSE", title="training loss")
+    if loss and min(loss) > 0:
+        ax_loss.set_yscale("log")
+    steps, score = _column(rows, "eval_score")
+    if score:
+        _, std = _column(rows, "eval_score_std")
+        ax_eval.plot(steps, score, "o-", lw=1.2)
+        if len(std) == len(score):
+            ax_eval.fill_between(steps, [m - s for m, s in zip(score, std)],
+                                 [m + s for m, s in zip(score, std)], alpha=0.2)
+        ax_eval.set(ylabel="normalized score")
+    else:
+        ax_eval.text(0.5, 0.5, "no evaluation yet", ha="center", va="center",
+                     transform=ax_eval.transAxes)
+    ax_eval.set(xlabel="step", title="evaluation")
+    for ax in (ax_loss, ax_eval):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png

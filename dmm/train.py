@@ -1,0 +1,623 @@
+"""Offline training of Decision MetaMamba (or the Decision Transformer baseline).
+
+Configuration is a nested dict with four sections (see dmm/configs/default.yaml):
+    data:  dataset spec, reward_scale
+    model: kwargs of dmm.build_model ("model": "dmm" | "dt" plus the constructor's arguments)
+    train: optimisation, logging and checkpointing
+    eval:  evaluation protocol (dmm.evaluate)
+
+Reproducibility: the batch and the dropout masks of step `t` on rank `r` are drawn from a
+seed derived from (seed, t, r) alone, so a run resumed from a checkpoint replays exactly
+the batches an uninterrupted run would have seen, and identical seeds give identical
+weights on CPU. Data parallelism: launch with torchrun; every rank samples its own batches
+(batch_size is per process), gradients are averaged by DDP, only rank 0 writes files and
+evaluates.
+
+Optimiser: AdamW with weight decay on matrices (Linear / mixer weights) only; biases,
+LayerNorm parameters, embeddings' biases and the SSM's A_log and D are not decayed (the
+mamba-ssm convention; with the paper's decay of 1e-4 the difference is negligible).
+The learning rate warms up linearly over warmup_steps and then stays constant (the paper).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from dmm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Sections other than "model" are merged over these; the model section comes whole from the
+# YAML file because DMM and DT take different arguments.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "dataset": "embedded:pendulum-medium-replay",
+        "reward_scale": None,       # None: the dataset's suggestion (1000 for locomotion)
+    },
+    "train": {
+        "steps": 100_000,
+        "batch_size": 64,           # per process
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "betas": [0.9, 0.999],
+        "warmup_steps": 10_000,
+        "grad_clip": None,          # None: 1.0, or 0.25 for preset v2 (the authors' value)
+        "seed": 0,
+        "device": "auto",           # auto | cpu | cuda | cuda:N
+        "amp": True,                # bf16 autocast on CUDA (ignored on CPU)
+        "log_every": 50,
+        "eval_every": 0,            # 0: evaluate only at the end
+        "checkpoint_every": 1000,
+        "out": None,                # run folder; None: runs/<dataset>-<model>-seed<seed>-<time>
+    },
+    "eval": {
+        "episodes": 10,
+        "target_return": None,      # number or list; None: the dataset's suggestion
+        "mode": "window",           # window (paper) | recurrent (O(1) per step, DMM only)
+        "action_pad": -10.0,        # action value of padded steps; training pads with -10
+        "seed": 0,
+    },
+}
+
+MODEL_DEFAULT_CONFIG = {"dmm": "default.yaml", "dt": "dt-default.yaml"}
+
+# What may change when resuming without breaking exactness.
+RESUMABLE_KEYS = {"train.steps", "train.device", "train.log_every", "train.eval_every",
+                  "train.checkpoint_every", "train.out"} | {f"eval.{k}" for k in DEFAULTS["eval"]}
+
+
+# ----------------------------------------------------------------------------- configuration
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_config_file(path_or_name: str | os.PathLike) -> dict:
+    """Read a YAML config: a path, or the name of a bundled config ("hopper-medium")."""
+    path = Path(path_or_name)
+    if not path.exists():
+        bundled = CONFIG_DIR / (path.name if path.suffix == ".yaml" else path.name + ".yaml")
+        if not bundled.exists():
+            raise FileNotFoundError(
+                f"config {path_or_name!r} not found; pass a YAML path or one of the bundled "
+                f"configs: {', '.join(available_configs())}")
+        path = bundled
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {path} must be a mapping with sections data/model/train/eval")
+    return cfg
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; `update` wins."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_config(config: str | os.PathLike | dict | None = None, model: str | None = None) -> dict:
+    """DEFAULTS merged with a YAML file (or dict). `model` picks dmm / dt; when it differs from
+    the file's model, the model section of that model's default config is used instead."""
+    if config is None:
+        config = MODEL_DEFAULT_CONFIG[model or "dmm"]
+    user = read_config_file(config) if not isinstance(config, dict) else copy.deepcopy(config)
+    unknown = set(user) - set(DEFAULTS) - {"model"}
+    if unknown:
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected "
+                         f"data, model, train, eval")
+    cfg = merge(DEFAULTS, {k: v for k, v in user.items() if k != "model"})
+    cfg["model"] = copy.deepcopy(user.get("model") or {"model": "dmm"})
+    cfg["model"].setdefault("model", "dmm")
+    if model is not None:
+        if model not in MODEL_DEFAULT_CONFIG:
+            raise ValueError(f"--model must be one of {sorted(MODEL_DEFAULT_CONFIG)}, got {model!r}")
+        if cfg["model"]["model"] != model:
+            cfg["model"] = read_config_file(MODEL_DEFAULT_CONFIG[model])["model"]
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    # YAML 1.1 reads "1e-4" as a string; accept it as the float users mean.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Apply `section.key=value` overrides (value parsed as YAML). A bare `key=value` is
+    accepted when exactly one section has that key."""
+    cfg = copy.deepcopy(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        section, name = _locate(cfg, key)
+        cfg[section][name] = _parse_value(value) if isinstance(value, str) else value
+    return cfg
+
+
+def _split(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value "
+                         f"(e.g. model.d_model=64 or train.lr=3e-4)")
+    key, value = override.split("=", 1)
+    return key.strip(), value
+
+
+def _locate(cfg: dict, key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in cfg:
+            raise ValueError(f"override {key!r}: unknown section {section!r} "
+                             f"(use one of {sorted(cfg)})")
+        if section != "model" and name not in cfg[section]:
+            raise ValueError(f"override {key!r}: section {section!r} has no key {name!r}; "
+                             f"known keys: {', '.join(sorted(cfg[section]))}")
+        return section, name
+    hits = [s for s in cfg if isinstance(cfg[s], dict) and key in cfg[s]]
+    if len(hits) != 1:
+        where = f"in sections {hits}" if hits else "in no section"
+        raise ValueError(f"override {key!r} is {where}; write it as section.{key}=value")
+    return hits[0], key
+
+
+def resolve_config(cfg: dict, dataset) -> dict:
+    """Fill the None defaults that depend on the dataset or the model preset."""
+    cfg = copy.deepcopy(cfg)
+    if cfg["data"]["reward_scale"] is None:
+        cfg["data"]["reward_scale"] = float(getattr(dataset, "reward_scale", None) or 1000.0)
+    if cfg["eval"]["target_return"] is None:
+        target = getattr(dataset, "target_return", None)
+        if target is None:
+            target = float(np.max(dataset.episode_returns()))
+        cfg["eval"]["target_return"] = float(target)
+    if cfg["train"]["grad_clip"] is None:
+        cfg["train"]["grad_clip"] = 0.25 if cfg["model"].get("preset") == "v2" else 1.0
+    return cfg
+
+
+def model_config(cfg: dict, dataset) -> dict:
+    """dmm.build_model's argument: the model section plus what the dataset determines."""
+    mc = dict(cfg["model"])
+    mc.update(state_dim=int(dataset.state_dim), act_dim=int(dataset.act_dim))
+    mc.setdefault("max_ep_len", int(getattr(dataset, "max_ep_len", None) or 1000))
+    return mc
+
+
+# ----------------------------------------------------------------------------- helpers
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A 63-bit seed that depends on (seed, step, rank) only."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def select_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is "
+                               "False; use --device cpu")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only (see the module docstring)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        skip = (p.ndim < 2 or getattr(p, "_no_weight_decay", False)
+                or leaf in ("A_log", "D") or "norm" in name.lower() or ".ln" in name)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+    warmup = max(1, int(warmup_steps))
+    return lambda step: min(1.0, (step + 1) / warmup)
+
+
+def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over real (unpadded) steps; pred/target (B,K,A), mask (B,K) bool."""
+    return F.mse_loss(pred[mask].float(), target[mask].float())
+
+
+def default_run_dir(cfg: dict, dataset_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset_name)
+    return Path("runs") / f"{safe}-{cfg['model']['model']}-seed{cfg['train']['seed']}-{stamp}"
+
+
+class _DeferredInterrupt:
+    """Turns the first Ctrl-C into a flag checked between steps (so the checkpoint is taken
+    at a step boundary); a second Ctrl-C interrupts immediately."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and _in_main_thread()
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt received: finishing this step and saving a checkpoint "
+              "(Ctrl-C again to abort immediately)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Read torchrun's environment; start the process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if world > 1:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+            if cuda:
+                torch.cuda.set_device(info.local_rank)
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return info
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- metrics
+METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "steps_per_s", "elapsed_s",
+                 "eval_return", "eval_return_std", "eval_score", "eval_score_std"]
+
+
+class MetricsLog:
+    """metrics.csv, one row per logging or evaluation point; on resume the rows past the
+    checkpoint's step (written before the interruption) are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        rows = []
+        if resume_step is not None and path.exists():
+            with open(path) as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=METRIC_FIELDS).writerow(
+                {k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    model: torch.nn.Module
+    step: int
+    final_eval: dict | None = None
+    dataset_score: float | None = None
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+
+def train(config: dict, *, resume: str | os.PathLike | None = None,
+          callback: Callable[[int, dict], None] | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train according to `config` (from make_config + apply_overrides), or resume the run
+    folder / checkpoint `resume` (then `config` holds only the allowed changes, e.g.
+    {"train": {"steps": 20000}}). `callback(step, info)` runs after every completed step
+    (tests use it to interrupt). Returns a TrainResult; on Ctrl-C saves and re-raises."""
+    from dmm import build_model
+    from dmm.data import SegmentSampler, load_dataset
+
+    t_start = time.time()
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        cfg = _resume_config(ckpt["config"], config or {})
+    else:
+        cfg = copy.deepcopy(config)
+    tc, ec = cfg["train"], cfg["eval"]
+
+    dist_info = init_distributed(tc["device"])
+    device = select_device(tc["device"], dist_info.local_rank)
+
+    dataset = load_dataset(cfg["data"]["dataset"])
+    if ckpt is None:
+        cfg = resolve_config(cfg, dataset)
+        tc, ec = cfg["train"], cfg["eval"]
+        state_mean, state_std = (np.asarray(x, dtype=np.float32) for x in dataset.state_stats())
+    else:
+        state_mean, state_std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
+    reward_scale = float(cfg["data"]["reward_scale"])
+
+    mcfg = ckpt["model_config"] if ckpt is not None else model_config(cfg, dataset)
+    torch.manual_seed(tc["seed"])  # model initialisation
+    model = build_model(mcfg).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"],
+                                  betas=tuple(tc["betas"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(tc["warmup_steps"]))
+    step = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+
+    run_dir = _prepare_run_dir(cfg, dataset, resume, dist_info)
+    ctx_len = int(mcfg.get("context_len", 20))
+    sampler = SegmentSampler(dataset, ctx_len, reward_scale, state_mean, state_std,
+                             seed=tc["seed"])
+
+    ddp_model = model
+    if dist_info.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    dataset_info = _dataset_info(dataset, cfg)
+    metrics = None
+    if dist_info.is_main:
+        _write_config(run_dir, cfg, mcfg)
+        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt else None)
+
+    def checkpoint() -> None:
+        if dist_info.is_main:
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", {
+                "model_config": mcfg, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "rng": rng_state(), "state_mean": state_mean,
+                "state_std": state_std, "reward_scale": reward_scale,
+                "dataset": cfg["data"]["dataset"], "dataset_info": dataset_info, "config": cfg})
+
+    def run_eval() -> dict | None:
+        if not dist_info.is_main or ec["episodes"] <= 0:
+            return None
+        from dmm.evaluate import evaluate_model
+        return evaluate_model(model, dataset_info, state_mean=state_mean, state_std=state_std,
+                              reward_scale=reward_scale, episodes=ec["episodes"],
+                              target_return=ec["target_return"], mode=ec["mode"],
+                              action_pad=ec["action_pad"], seeds=[ec["seed"]], device=device)
+
+    if dist_info.is_main and ckpt is None:
+        log(f"training {mcfg['model']} ({sum(p.numel() for p in model.parameters()):,} "
+            f"parameters) on {dataset.name}: {len(dataset.episodes)} episodes, "
+            f"{sum(len(e['rewards']) for e in dataset.episodes):,} steps; device {device}; "
+            f"run folder {run_dir}")
+
+    amp = bool(tc["amp"]) and device.type == "cuda"
+    total = int(tc["steps"])
+    bar = _progress(total, step, enabled=progress and dist_info.is_main)
+    history, window_losses, window_norms = [], [], []
+    t_log, steps_at_log = time.time(), step
+    interrupted = False
+    model.train()
+    with _DeferredInterrupt(enabled=dist_info.world_size == 1) as stop:
+        try:
+            while step < total:
+                seed = step_seed(tc["seed"], step, dist_info.rank)
+                torch.manual_seed(seed)  # dropout masks of this step
+                batch = sampler.sample(tc["batch_size"], generator=torch.Generator().manual_seed(seed))
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    pred = ddp_model(batch["states"], batch["actions"], batch["returns_to_go"],
+                                     timesteps=batch["timesteps"], attention_mask=batch["mask"])
+                loss = action_loss(pred, batch["actions"], batch["mask"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                window_losses.append(loss.detach())
+                window_norms.append(grad_norm.detach())
+                bar.update(1)
+
+                if step % tc["log_every"] == 0 or step == total:
+                    now = time.time()
+                    row = {"step": step, "loss": torch.stack(window_losses).mean().item(),
+                           "lr": scheduler.get_last_lr()[0],
+                           "grad_norm": torch.stack(window_norms).mean().item(),
+                           "steps_per_s": (step - steps_at_log) / max(now - t_log, 1e-9),
+                           "elapsed_s": now - t_start}
+                    window_losses, window_norms = [], []
+                    t_log, steps_at_log = now, step
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    if metrics:
+                        metrics.write(**row)
+                    history.append(row)
+                if tc["eval_every"] and step % tc["eval_every"] == 0 and step < total:
+                    res = run_eval()
+                    if res is not None:
+                        row = _eval_row(step, res, t_start)
+                        metrics.write(**row)
+                        history.append(row)
+                        bar.write(f"step {step}: normalized score {res['score_mean']:.1f} "
+                                  f"± {res['score_std']:.1f}")
+                        _plot(run_dir)
+                    model.train()
+                    _barrier(dist_info)
+                if step % tc["checkpoint_every"] == 0:
+                    checkpoint()
+                if callback is not None:
+                    callback(step, {"model": model, "optimizer": optimizer})
+                if stop.requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.close()
+            checkpoint()
+            if dist_info.is_main:
+                _plot(run_dir)
+                log(f"interrupted at step {step}; checkpoint saved. Continue with: "
+                    f"dmm train --resume {run_dir}")
+            raise
+    bar.close()
+    checkpoint()
+
+    final, dataset_score = None, None
+    if dist_info.is_main:
+        final = run_eval()
+        dataset_score = _dataset_score(dataset, dataset_info)
+        if final is not None:
+            row = _eval_row(step, final, t_start)
+            metrics.write(**row)
+            history.append(row)
+        elapsed = time.time() - t_start
+        _write_results(run_dir, final, dataset_score, step, elapsed)
+        _plot(run_dir)
+        if final is not None:
+            log(f"final normalized score: {final['score_mean']:.1f} ± {final['score_std']:.1f} "
+                f"(mean ± std over {final['episodes']} episodes, return "
+                f"{final['return_mean']:.1f}, target {ec['target_return']})")
+        if dataset_score is not None:
+            log(f"dataset average normalized return: {dataset_score:.1f}")
+        log(f"done in {elapsed:.0f} s; run folder {run_dir}")
+    _barrier(dist_info)
+    return TrainResult(run_dir, model, step, final, dataset_score, time.time() - t_start,
+                       interrupted, history)
+
+
+def _resume_config(saved: dict, changes: dict) -> dict:
+    cfg = copy.deepcopy(saved)
+    for section, values in changes.items():
+        for key, value in (values or {}).items():
+            name = f"{section}.{key}"
+            if cfg.get(section, {}).get(key) == value:
+                continue
+            if name not in RESUMABLE_KEYS:
+                raise ValueError(f"cannot change {name} when resuming (the run would no longer "
+                                 f"match an uninterrupted one); start a new run instead")
+            cfg[section][key] = value
+    return cfg
+
+
+def _prepare_run_dir(cfg: dict, dataset, resume, dist_info: DistInfo) -> Path | None:
+    if resume is not None:
+        p = Path(resume)
+        run_dir = p if p.is_dir() else p.parent.parent
+    elif cfg["train"]["out"]:
+        run_dir = Path(cfg["train"]["out"])
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            raise FileExistsError(f"run folder {run_dir} already holds a checkpoint; continue it "
+                                  f"with --resume {run_dir} or choose another --out")
+    else:
+        run_dir = default_run_dir(cfg, dataset.name)
+    if dist_info.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_config(run_dir: Path, cfg: dict, mcfg: dict) -> None:
+    with open(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(_plain(cfg), f, sort_keys=False)
+
+
+def _plain(x):
+    """numpy scalars / tuples -> YAML-safe Python values."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _dataset_info(dataset, cfg: dict) -> dict:
+    """What evaluation needs about the dataset, stored in the checkpoint so `dmm eval` works
+    without the data files."""
+    refs = getattr(dataset, "reference_returns", None)
+    return {"spec": cfg["data"]["dataset"], "name": dataset.name,
+            "env_id": getattr(dataset, "env_id", None),
+            "reference_returns": None if refs is None else [float(refs[0]), float(refs[1])],
+            "max_ep_len": int(getattr(dataset, "max_ep_len", None) or 1000),
+            "action_scale": float(getattr(dataset, "action_scale", 1.0)),
+            "target_return": cfg["eval"]["target_return"]}
+
+
+def _dataset_score(dataset, info: dict) -> float | None:
+    from dmm.evaluate import normalize
+    scores = normalize(info, np.asarray(dataset.episode_returns(), dtype=np.float64))
+    return None if scores is None else float(np.mean(scores))
+
+
+def _eval_row(step: int, res: dict, t_start: float) -> dict:
+    return {"step": step, "eval_return": res["return_mean"], "eval_return_std": res["return_std"],
+            "eval_score": res["score_mean"], "eval_score_std": res["score_std"],
+            "elapsed_s": time.time() - t_start}
+
+
+def _write_results(run_dir: Path, final: dict | None, dataset_score, step: int, elapsed: float):
+    out = {"step": step, "elapsed_s": elapsed, "dataset_normalized_return": dataset_score,
+           "final_eval": final}
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(_plain(out), indent=2))
+    os.replace(tmp, run_dir / "results.json")
+
+
+def _plot(run_dir: Path) -> None:
+    try:
+        from dmm.plots import plot_learning_curve
+        plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+    except Exception as e:  # a plotting failure must never lose a training run
+        print(f"warning: could not draw the learning curve: {e}", file=sys.stderr)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train",
+                dynamic_ncols=True, mininterval=1.0)

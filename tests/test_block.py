@@ -1,0 +1,239 @@
+"""metamamba_block (torch.ops.dmm.metamamba_block_fwd / _bwd) against the pure-PyTorch reference.
+
+float64 values and gradients of h and every parameter, gradcheck, float32 / bfloat16 accuracy,
+empty batches and argument errors. Shapes are tiny: the CPU here is shared.
+"""
+import pytest
+import torch
+
+import dmm_kernels
+from dmm_kernels import reference
+
+pytestmark = pytest.mark.skipif(
+    not dmm_kernels.HAS_EXTENSION,
+    reason="compiled dmm ops not loaded (the public functions would be the reference itself)",
+)
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))]
+MIXERS = ["conv", "line", "double-conv", "double-line", "dense"]
+EPS = 1e-5
+
+
+def make_case(mixer, n_modalities=3, batch=2, length=7, d_model=8, d_state=4, window=3,
+              dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = reference.make_block_params(d_model, mixer, d_state=d_state, window=window,
+                                         n_modalities=n_modalities, dtype=dtype, device=device,
+                                         generator=gen)
+    h = torch.randn(batch, length, d_model, generator=gen, dtype=torch.float64).to(device, dtype)
+    return h, params
+
+
+def op_args(h, params, mixer, n_modalities, residual_ssm):
+    """Positional arguments of torch.ops.dmm.metamamba_block_fwd ("dense" mapped as ops.py does)."""
+    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    return (h, *[params[k] for k in reference.PARAM_NAMES], mixer, n_modalities, residual_ssm, EPS)
+
+
+def grads_of(fn, h, params, dout):
+    """Gradients of <fn(h, params), dout> w.r.t. h and every present parameter (name -> grad)."""
+    h = h.detach().clone().requires_grad_()
+    params = {k: None if v is None else v.detach().clone().requires_grad_()
+              for k, v in params.items()}
+    out = fn(h, params)
+    names = ["h"] + [k for k in reference.PARAM_NAMES if params[k] is not None]
+    leaves = [h] + [params[k] for k in names[1:]]
+    return out.detach(), dict(zip(names, torch.autograd.grad(out, leaves, dout)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("residual_ssm", [False, True])
+@pytest.mark.parametrize("n_modalities", [1, 3])
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("length,window", [(7, 3), (4, 6)])
+def test_forward_and_grads_match_reference_fp64(mixer, n_modalities, residual_ssm, device,
+                                                length, window):
+    if mixer == "dense" and n_modalities != 1:
+        pytest.skip("dense always has one modality")
+    h, params = make_case(mixer, n_modalities, length=length, window=window, device=device)
+    dout = torch.randn_like(h)
+
+    def ours(h_, p_):
+        return dmm_kernels.metamamba_block(h_, p_, mixer, n_modalities, residual_ssm, EPS)
+
+    def ref(h_, p_):
+        return reference.metamamba_block_ref(h_, p_, mixer, n_modalities, residual_ssm, EPS)
+
+    out, grads = grads_of(ours, h, params, dout)
+    out_ref, grads_ref = grads_of(ref, h, params, dout)
+    assert out.dtype == torch.float64 and out.shape == h.shape
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    assert grads.keys() == grads_ref.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-9, atol=1e-10,
+                                   msg=lambda m, n=name: f"gradient of {n}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixer", ["conv", "double-line"])
+def test_gradcheck(mixer, device):
+    h, params = make_case(mixer, n_modalities=3, batch=1, length=4, d_model=4, d_state=2,
+                          window=2, device=device)
+    names = [k for k in reference.PARAM_NAMES if params[k] is not None]
+
+    def fn(h_, *values):
+        p = dict(params, **dict(zip(names, values)))
+        return dmm_kernels.metamamba_block(h_, p, mixer, 3, False, EPS)
+
+    inputs = [h.requires_grad_()] + [params[k].clone().requires_grad_() for k in names]
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixer", ["conv", "line", "double-conv", "double-line"])
+def test_float32_matches_fp64_reference(mixer, device):
+    h, params = make_case(mixer, length=9, d_model=16, d_state=8, window=4, dtype=torch.float32,
+                          device=device)
+    dout = torch.randn_like(h)
+    up = {k: None if v is None else v.double() for k, v in params.items()}
+
+    out, grads = grads_of(lambda h_, p_: dmm_kernels.metamamba_block(h_, p_, mixer), h, params,
+                          dout)
+    out_ref, grads_ref = grads_of(lambda h_, p_: reference.metamamba_block_ref(h_, p_, mixer),
+                                  h.double(), up, dout.double())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), out_ref, rtol=1e-4, atol=1e-5)
+    for name in grads:
+        assert grads[name].dtype == torch.float32, name
+        scale = grads_ref[name].abs().max().item()
+        torch.testing.assert_close(grads[name].double(), grads_ref[name], rtol=1e-4,
+                                   atol=1e-5 * max(scale, 1.0),
+                                   msg=lambda m, n=name: f"gradient of {n}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixer", ["conv", "double-line"])
+def test_bfloat16_activations_close_to_reference(mixer, device):
+    # bf16 h and matrices, fp32 scan parameters (what autocast hands the op): ~1e-2 relative.
+    h, params = make_case(mixer, length=9, d_model=16, d_state=8, window=4, dtype=torch.float32,
+                          device=device)
+    low = {k: None if v is None or k in ("A_log", "D", "dt_proj_bias") else v.bfloat16()
+           for k, v in params.items()}
+    low.update({k: params[k] for k in ("A_log", "D", "dt_proj_bias")})
+    out = dmm_kernels.metamamba_block(h.bfloat16(), low, mixer)
+    ref = reference.metamamba_block_ref(h.bfloat16().double(),
+                                        {k: None if v is None else v.double()
+                                         for k, v in low.items()}, mixer)
+    assert out.dtype == torch.bfloat16
+    err = (out.double() - ref).abs().max().item()
+    assert err <= 3e-2 * ref.abs().max().item(), err
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixer", ["line", "double-conv"])
+@pytest.mark.parametrize("batch,length", [(0, 7), (2, 0)])
+def test_empty_batch(mixer, device, batch, length):
+    h, params = make_case(mixer, batch=batch, length=length, device=device)
+    dout = torch.randn_like(h)
+    out, grads = grads_of(lambda h_, p_: dmm_kernels.metamamba_block(h_, p_, mixer), h, params,
+                          dout)
+    assert out.shape == (batch, length, 8)
+    for name, g in grads.items():
+        assert g.shape == (h if name == "h" else params[name]).shape, name
+        assert torch.all(g == 0), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    # h as a transposed view, a parameter as a strided view, and the stride-0 dout of .sum().
+    mixer = "double-line"
+    h, params = make_case(mixer, device=device)
+    h_t = h.transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
+    assert not h_t.is_contiguous()
+    w = params["in_proj_weight"]
+    params["in_proj_weight"] = w.t().contiguous().t().requires_grad_()
+    out = dmm_kernels.metamamba_block(h_t, params, mixer)
+    out.sum().backward()
+    h_ref = h.clone().requires_grad_()
+    w_ref = w.clone().requires_grad_()
+    out_ref = reference.metamamba_block_ref(h_ref, dict(params, in_proj_weight=w_ref), mixer)
+    out_ref.sum().backward()
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_t.grad, h_ref.grad, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(params["in_proj_weight"].grad, w_ref.grad, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mixer", ["conv", "double-line"])
+def test_bwd_op_returns_one_gradient_per_input(mixer):
+    h, params = make_case(mixer)
+    grads = torch.ops.dmm.metamamba_block_bwd(torch.ones_like(h),
+                                              *op_args(h, params, mixer, 3, False))
+    assert len(grads) == 16
+    for g, name in zip(grads, ("h",) + reference.PARAM_NAMES):
+        like = h if name == "h" else params[name]
+        if like is None:
+            assert g.numel() == 0, name
+        else:
+            assert g.shape == like.shape and g.dtype == like.dtype, name
+
+
+@pytest.mark.parametrize("mixer", ["conv", "double-line"])
+def test_opcheck(mixer):
+    h, params = make_case(mixer, batch=1, length=5, d_model=4, d_state=2, window=2)
+    args = op_args(h.requires_grad_(), {k: None if v is None else v.requires_grad_()
+                                        for k, v in params.items()}, mixer, 3, False)
+    torch.library.opcheck(torch.ops.dmm.metamamba_block_fwd.default, args)
+
+
+# ---- argument errors: the message names the argument and the expected shape --------------------
+def _fwd_with(mixer="conv", n_modalities=3, h=None, **overrides):
+    """Call the fwd op with valid "conv"-family arguments, some of them replaced."""
+    h0, params = make_case("double-conv" if mixer.startswith("double") else "conv")
+    params.update(overrides)
+    return torch.ops.dmm.metamamba_block_fwd(
+        h0 if h is None else h, *[params[k] for k in reference.PARAM_NAMES], mixer, n_modalities,
+        False, EPS)
+
+
+def test_error_in_proj_shape():
+    with pytest.raises(RuntimeError, match=r"in_proj_weight must be \(2\*E, D\) = \(32, 8\); "
+                                           r"got \(16, 8\)"):
+        _fwd_with(in_proj_weight=torch.zeros(16, 8, dtype=torch.float64))
+
+
+def test_error_unknown_mixer():
+    with pytest.raises(RuntimeError, match=r"mixer must be one of .*got \"convolution\""):
+        _fwd_with(mixer="convolution")
+
+
+def test_error_n_modalities():
+    with pytest.raises(RuntimeError, match=r"n_modalities must be >= 1; got 0"):
+        _fwd_with(n_modalities=0)
+
+
+def test_error_mixer_weight_modalities():
+    # mixer1_weight has 3 modalities but the call says 2.
+    with pytest.raises(RuntimeError, match=r"mixer1_weight must be \(n_modalities, W, width\) = "
+                                           r"\(2, 3, 8\)"):
+        _fwd_with(n_modalities=2)
+
+
+def test_error_double_mixer_needs_mixer2():
+    with pytest.raises(RuntimeError, match=r"mixer2_weight is required for a double mixer"):
+        _fwd_with(mixer="double-conv", mixer2_weight=None, mixer2_bias=None)
+
+
+def test_error_single_mixer_rejects_mixer2():
+    with pytest.raises(RuntimeError, match=r"mixer2_weight / mixer2_bias must be None"):
+        _fwd_with(mixer="conv", mixer2_weight=torch.zeros(3, 3, 32, dtype=torch.float64))
+
+
+def test_error_h_rank():
+    with pytest.raises(RuntimeError, match=r"h must be \(B, L, D\); got \(7, 8\)"):
+        _fwd_with(h=torch.zeros(7, 8, dtype=torch.float64))
+
+
+def test_error_x_proj_shape():
+    with pytest.raises(RuntimeError, match=r"x_proj_weight must be \(R \+ 2\*N, E\) = \(9, 16\)"):
+        _fwd_with(x_proj_weight=torch.zeros(9, 15, dtype=torch.float64))

@@ -1,0 +1,233 @@
+"""CUDA registration of the block ops (csrc/cuda/block.cu): fused forward, step kernel, composite
+backward. GPU only; every check compares with dmm_kernels.reference in float64.
+"""
+import pytest
+import torch
+
+import dmm_kernels
+from dmm_kernels import reference as ref
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not dmm_kernels.HAS_EXTENSION, reason="compiled dmm ops not loaded"),
+]
+
+MIXERS = ("conv", "line", "double-conv", "double-line")
+SCAN_PARAMS = ("A_log", "D", "dt_proj_bias")  # kept in fp32 for low-precision blocks (ops.py)
+# Bound on ||out - ref|| / ||ref|| against the float64 reference evaluated on the same (rounded)
+# inputs. Low precisions round each stored intermediate (u, h1, v, xz, xs, x_dbl, y, out) once.
+TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """fp32 GEMMs must be true fp32 for the float32 tolerance."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def make_params(d_model, mixer, dtype, seed, d_state=16, window=6, n_modalities=3, expand=2):
+    gen = torch.Generator().manual_seed(seed)
+    p = ref.make_block_params(d_model, mixer, expand=expand, d_state=d_state, window=window,
+                              n_modalities=n_modalities, dtype=torch.float64, device="cuda",
+                              generator=gen)
+    return {k: None if v is None else v.to(torch.float32 if (k in SCAN_PARAMS and dtype != torch.float64) else dtype)
+            for k, v in p.items()}
+
+
+def param_args(p):
+    return [p.get(k) for k in ref.PARAM_NAMES]
+
+
+def block_op(h, p, mixer, n_modalities=3, residual_ssm=False, eps=1e-5):
+    return torch.ops.dmm.metamamba_block_fwd(h, *param_args(p), mixer, n_modalities,
+                                             residual_ssm, eps)
+
+
+def step_op(h_t, cache, p, mixer, position, n_modalities=3, residual_ssm=False, eps=1e-5):
+    return torch.ops.dmm.metamamba_step(h_t, cache["mixer1_cache"], cache["mixer2_cache"],
+                                        cache["ssm_state"], *param_args(p), mixer, n_modalities,
+                                        residual_ssm, eps, position)
+
+
+def ref64(h, p, mixer, **kw):
+    p64 = {k: None if v is None else v.double() for k, v in p.items()}
+    return ref.metamamba_block_ref(h.double(), p64, mixer, **kw)
+
+
+def rel_err(out, expected):
+    assert torch.isfinite(out).all(), "non-finite output"
+    out, expected = out.double(), expected.double()
+    return ((out - expected).norm() / expected.norm()).item()
+
+
+def randn(*shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to("cuda", dtype)
+
+
+# ---- forward -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("batch,length,d_model", [(2, 24, 32), (1, 7, 48), (3, 61, 64), (1, 1, 32)])
+def test_block_float64_matches_reference(mixer, batch, length, d_model):
+    p = make_params(d_model, mixer, torch.float64, seed=length)
+    h = randn(batch, length, d_model, dtype=torch.float64, seed=length + 1)
+    out = block_op(h, p, mixer)
+    assert out.shape == h.shape and out.dtype == h.dtype
+    assert rel_err(out, ref64(h, p, mixer)) < TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("mixer", ("conv", "line"))
+def test_block_residual_ssm_and_modalities(mixer):
+    """residual_ssm adds h1; one modality is the v2 "dense" layout; N = 32 uses 8 lanes/channel."""
+    for n_modalities, d_state in ((3, 16), (1, 32), (2, 8)):
+        p = make_params(32, mixer, torch.float64, seed=3, d_state=d_state,
+                        n_modalities=n_modalities, expand=1)
+        h = randn(2, 13, 32, dtype=torch.float64, seed=4)
+        out = block_op(h, p, mixer, n_modalities=n_modalities, residual_ssm=True)
+        expected = ref64(h, p, mixer, n_modalities=n_modalities, residual_ssm=True)
+        assert rel_err(out, expected) < TOLERANCE[torch.float64], (n_modalities, d_state)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_block_low_precision_tolerance(mixer, dtype):
+    p = make_params(64, mixer, dtype, seed=5)
+    h = randn(4, 24, 64, dtype=dtype, seed=6)
+    out = block_op(h, p, mixer)
+    assert out.dtype == dtype
+    assert rel_err(out, ref64(h, p, mixer)) < TOLERANCE[dtype]
+
+
+def test_block_noncontiguous_and_empty():
+    p = make_params(32, "conv", torch.float64, seed=7)
+    h = randn(9, 2, 32, dtype=torch.float64, seed=8).transpose(0, 1)  # (2, 9, 32), strided
+    assert rel_err(block_op(h, p, "conv"), ref64(h, p, "conv")) < TOLERANCE[torch.float64]
+    for shape in ((0, 9, 32), (2, 0, 32)):
+        out = block_op(torch.empty(shape, dtype=torch.float64, device="cuda"), p, "conv")
+        assert out.shape == shape
+
+
+# ---- backward (composite on CUDA) --------------------------------------------------------------
+@pytest.mark.parametrize("mixer", ("conv", "double-line"))
+def test_block_backward_float64(mixer):
+    p = make_params(32, mixer, torch.float64, seed=9)
+    h = randn(2, 12, 32, dtype=torch.float64, seed=10)
+    dout = randn(2, 12, 32, dtype=torch.float64, seed=11)
+    names = [k for k in ref.PARAM_NAMES if p[k] is not None]
+
+    def grads(fn):
+        hh = h.clone().requires_grad_()
+        pp = {k: None if v is None else v.clone().requires_grad_() for k, v in p.items()}
+        fn(hh, pp).backward(dout)
+        return [hh.grad] + [pp[k].grad for k in names]
+
+    got = grads(lambda hh, pp: dmm_kernels.metamamba_block(hh, pp, mixer))
+    expected = grads(lambda hh, pp: ref.metamamba_block_ref(hh, pp, mixer))
+    for name, g, e in zip(["h"] + names, got, expected):
+        assert rel_err(g, e) < 1e-9, name
+
+
+# ---- opcheck -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("mixer", ("conv", "double-line"))
+def test_opcheck_block_ops(mixer):
+    p = make_params(32, mixer, torch.float64, seed=12)
+    h = randn(2, 9, 32, dtype=torch.float64, seed=13)
+    fwd_args = (h.clone().requires_grad_(),
+                *[None if v is None else v.clone().requires_grad_() for v in param_args(p)],
+                mixer, 3, False, 1e-5)
+    torch.library.opcheck(torch.ops.dmm.metamamba_block_fwd.default, fwd_args)
+    dout = randn(2, 9, 32, dtype=torch.float64, seed=14)
+    torch.library.opcheck(torch.ops.dmm.metamamba_block_bwd.default,
+                          (dout, h, *param_args(p), mixer, 3, False, 1e-5))
+
+
+@pytest.mark.parametrize("mixer", ("conv", "double-line"))
+def test_opcheck_step(mixer):
+    p = make_params(32, mixer, torch.float64, seed=15)
+    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64, "cuda")
+    cache["ssm_state"].copy_(randn(*cache["ssm_state"].shape, dtype=torch.float64, seed=16))
+    h_t = randn(2, 32, dtype=torch.float64, seed=17)
+    torch.library.opcheck(
+        torch.ops.dmm.metamamba_step.default,
+        (h_t, cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *param_args(p),
+         mixer, 3, False, 1e-5, 4))
+
+
+# ---- step ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", (torch.float64, torch.float32))
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("batch,length", [(2, 13), (1, 7)])
+def test_step_sequence_equals_block(mixer, dtype, batch, length):
+    p = make_params(32, mixer, dtype, seed=18)
+    h = randn(batch, length, 32, dtype=dtype, seed=19)
+    cache = ref.allocate_step_cache_ref(batch, p, mixer, dtype, "cuda")
+    ref_cache = {k: None if v is None else v.double().clone() for k, v in cache.items()}
+    p64 = {k: None if v is None else v.double() for k, v in p.items()}
+    outs = []
+    for t in range(length):
+        outs.append(step_op(h[:, t], cache, p, mixer, position=t))
+        _, ref_cache = ref.metamamba_step_ref(h[:, t].double(), ref_cache, p64, mixer, position=t)
+    steps = torch.stack(outs, dim=1)  # (B, L, D)
+    tol = TOLERANCE[dtype]
+    assert rel_err(steps, ref64(h, p, mixer)) < tol
+    assert rel_err(steps, block_op(h, p, mixer)) < tol
+    for key, value in cache.items():  # the in-place cache equals the functional reference's
+        if value is not None:
+            assert rel_err(value, ref_cache[key]) < tol, key
+
+
+def test_step_empty_batch():
+    p = make_params(32, "conv", torch.float32, seed=20)
+    cache = ref.allocate_step_cache_ref(0, p, "conv", torch.float32, "cuda")
+    out = step_op(torch.empty(0, 32, device="cuda"), cache, p, "conv", position=0)
+    assert out.shape == (0, 32)
+
+
+@pytest.mark.parametrize("mixer", ("conv", "double-line"))
+def test_step_cuda_graph_equals_eager(mixer):
+    """The step kernel is capturable: replays equal eager calls from the same cache."""
+    torch.manual_seed(0)
+    p = make_params(64, mixer, torch.float32, seed=21)
+    cache = ref.allocate_step_cache_ref(4, p, mixer, torch.float32, "cuda")
+    for v in cache.values():
+        if v is not None:
+            v.copy_(torch.randn_like(v))
+    start = {k: None if v is None else v.clone() for k, v in cache.items()}
+    h_static = torch.randn(4, 64, device="cuda")
+    position = 5
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+        for _ in range(2):
+            step_op(h_static, cache, p, mixer, position)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_static = step_op(h_static, cache, p, mixer, position)
+
+    inputs = [torch.randn(4, 64, device="cuda") for _ in range(3)]
+    for k, v in cache.items():
+        if v is not None:
+            v.copy_(start[k])
+    eager = [step_op(x, cache, p, mixer, position) for x in inputs]
+    eager_cache = {k: None if v is None else v.clone() for k, v in cache.items()}
+
+    for k, v in cache.items():
+        if v is not None:
+            v.copy_(start[k])
+    for x, expected in zip(inputs, eager):
+        h_static.copy_(x)
+        graph.replay()
+        torch.testing.assert_close(out_static, expected, rtol=0, atol=0)
+    for k, v in cache.items():
+        if v is not None:
+            torch.testing.assert_close(v, eager_cache[k], rtol=0, atol=0)
