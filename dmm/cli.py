@@ -22,7 +22,7 @@ bundled configs: {configs}.
 
 
 def _configs() -> str:
-    from dmm.train import available_configs
+    from dmm.config import available_configs
     return ", ".join(available_configs())
 
 
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", help="DMM config (default: default.yaml)")
     c.add_argument("--dt-config", help="DT config (default: dt-default.yaml)")
     c.add_argument("--out", help="parent folder of the two runs (default: runs/compare-<time>)")
+    c.add_argument("overrides", nargs="*", metavar="section.key=value",
+                   help="overrides applied to both configs (e.g. train.lr=3e-4)")
     c.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("eval", help="re-evaluate a checkpoint",
@@ -134,7 +136,8 @@ def _flag_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from dmm.train import apply_overrides, make_config, merge, train
+    from dmm.config import apply_overrides, make_config, merge
+    from dmm.train import train
     changes = _flag_overrides(args)
     if args.resume:
         if args.config or args.model or args.mixer or args.overrides:
@@ -152,14 +155,15 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     import time
-    from dmm.train import make_config, merge, train
+    from dmm.config import apply_overrides, make_config, merge
+    from dmm.train import train
     changes = _flag_overrides(args)
     changes.get("train", {}).pop("out", None)
     parent = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     results = {}
     for name, config in (("dmm", args.config or "default.yaml"),
                          ("dt", args.dt_config or "dt-default.yaml")):
-        cfg = merge(make_config(config), changes)
+        cfg = apply_overrides(merge(make_config(config), changes), args.overrides)
         cfg["train"]["out"] = str(parent / name)
         print(f"=== {name}: {config} -> {parent / name}")
         results[name] = train(cfg, progress=not args.no_progress)
@@ -280,7 +284,14 @@ def cmd_info(args) -> int:
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come between or after flags ("--steps 10 model.d_model=64 --lr 1e-3"),
+    # which argparse's positional handling refuses: collect the stray key=value items here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if argv is None and len(sys.argv) <= 1 else 2

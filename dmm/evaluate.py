@@ -23,8 +23,8 @@ import torch
 EVAL_MODES = ("window", "recurrent")
 
 
-def make_vector_env(env_id: str, n: int):
-    """SyncVectorEnv of n copies of env_id (its default time limit applies)."""
+def check_env(env_id: str | None) -> None:
+    """Raise a ValueError saying what to do when env_id cannot be evaluated in."""
     import gymnasium as gym
     if env_id is None:
         raise ValueError("this dataset names no Gymnasium environment to evaluate in (e.g. "
@@ -33,7 +33,14 @@ def make_vector_env(env_id: str, n: int):
     try:
         gym.spec(env_id)
     except gym.error.Error as e:
-        raise ValueError(f"cannot create environment {env_id!r}: {e}") from e
+        raise ValueError(f"cannot create environment {env_id!r} ({e}); install its package "
+                         f"(e.g. gymnasium[mujoco]) or pass --eval-episodes 0") from e
+
+
+def make_vector_env(env_id: str, n: int):
+    """SyncVectorEnv of n copies of env_id (its default time limit applies)."""
+    import gymnasium as gym
+    check_env(env_id)
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
 
 
@@ -49,10 +56,11 @@ def run_episodes(model: torch.nn.Module, env_id: str, *, episodes: int, target_r
                  device: str | torch.device = "cpu", max_ep_len: int = 1000,
                  envs=None, on_step: Callable | None = None) -> dict:
     """Roll out `episodes` episodes in parallel; returns {"returns", "lengths"} (numpy).
-    `on_step(t, obs, actions)` (tests) sees the raw observations and model actions."""
+    `on_step(t, obs, rtg, actions)` (tests) sees the raw observations, the returns-to-go
+    fed and the model's actions."""
     if mode not in EVAL_MODES:
         raise ValueError(f"mode must be one of {EVAL_MODES}; got {mode!r}")
-    if mode == "recurrent" and not hasattr(model, "recurrent_policy"):
+    if mode == "recurrent" and not _has_recurrent_form(model):
         raise ValueError(f"mode 'recurrent' needs a DecisionMetaMamba; {type(model).__name__} has "
                          f"no recurrent form (a Transformer re-reads its window): use --mode window")
     device = torch.device(device)
@@ -77,7 +85,7 @@ def run_episodes(model: torch.nn.Module, env_id: str, *, episodes: int, target_r
             s = (torch.as_tensor(obs, dtype=torch.float32, device=device) - mean) / std  # (n, S)
             act = stepper.act(s, rtg, t)                                                # (n, A)
             if on_step is not None:
-                on_step(t, obs, act)
+                on_step(t, obs, rtg, act)
             env_act = act.float().cpu().numpy() * action_scale
             obs, reward, term, trunc, _ = envs.step(env_act)
             reward = np.where(active, reward, 0.0)
@@ -92,6 +100,11 @@ def run_episodes(model: torch.nn.Module, env_id: str, *, episodes: int, target_r
         if own_envs:
             envs.close()
         model.train(was_training)
+
+
+def _has_recurrent_form(model) -> bool:
+    from dmm.model import DecisionMetaMamba
+    return isinstance(model, DecisionMetaMamba)
 
 
 class _WindowStepper:
@@ -207,9 +220,10 @@ def evaluate_checkpoint(checkpoint, *, episodes: int | None = None, mode: str | 
     """Re-evaluate a saved model; None arguments take the run's eval config. Writes the
     results JSON (default: <run>/eval-<mode>.json) and returns the results dict."""
     from dmm.checkpoint import resolve_checkpoint_path
-    from dmm.train import select_device
+    from dmm.train import select_device, set_threads
     dev = select_device(device)
     model, ckpt = load_policy(checkpoint, dev)
+    set_threads(ckpt["config"]["train"].get("threads"))
     ec = ckpt["config"]["eval"]
     info = ckpt["dataset_info"]
     mode = mode or ec["mode"]

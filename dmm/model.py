@@ -21,7 +21,7 @@ def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | N
     if pred.shape != target.shape:
         raise ValueError(f"action_loss: pred {tuple(pred.shape)} and target "
                          f"{tuple(target.shape)} differ")
-    err = (pred - target.to(pred.dtype)).square()                        # (B, K, A)
+    err = (pred.float() - target.float()).square()                      # (B, K, A), fp32 under autocast
     if mask is None:
         return err.mean()
     if mask.shape != pred.shape[:2]:

@@ -169,7 +169,7 @@ def test_embedded_deterministic_and_cached(tmp_path, monkeypatch):
     a = embedded.load_embedded("pendulum-medium", seed=3, n_episodes=10, cache=False)
     b = embedded.load_embedded("pendulum-medium", seed=3, n_episodes=10)  # generates, writes cache
     files = os.listdir(tmp_path / "datasets")
-    assert files == ["pendulum-medium-seed3-ep10-gen1.npz"]
+    assert files == [f"pendulum-medium-seed3-ep10-gen{embedded.GENERATOR_VERSION}.npz"]
 
     def no_generation(*args, **kwargs):
         raise AssertionError("the cached dataset should have been read")

@@ -169,3 +169,19 @@ def test_fallback_warns_once_when_extension_missing(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "1", "(1,", "5,", "4)"]
+
+
+def test_block_under_autocast_runs_in_autocast_dtype():
+    """Under CPU autocast the block computes in bf16 and fp32 parameters still get gradients."""
+    h, _, params = _block_args("cpu", "conv")
+    expected = reference.metamamba_block_ref(h.double(), {k: None if v is None else v.double()
+                                                          for k, v in params.items()})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dmm_kernels.metamamba_block(h, params, "conv")
+    assert out.dtype == torch.bfloat16
+    scale = expected.abs().max()
+    assert (out.double() - expected).abs().max() < 0.03 * scale
+    out.float().sum().backward()
+    for name, p in params.items():
+        if p is not None:
+            assert p.grad is not None and p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name

@@ -42,11 +42,19 @@ run_step() {  # run_step NAME TIMEOUT_S CMD...: log to $OUT/NAME.log, record the
 { nvidia-smi; nvcc --version; $PY -c "import torch; print(torch.__version__, torch.version.cuda)"; } \
   >"$OUT/env.txt" 2>&1
 
-# ---- 1. build ----------------------------------------------------------------------------------
-if ! run_step build 580 $PY setup.py build_ext --inplace; then
-  printf '%s\n' "${SUMMARY[@]}"
-  exit 1
+# ---- 0. mamba-ssm baseline (background) ------------------------------------------------------
+# The GPU machine has no network: carry its sdist in .whl/ (here: `pip download --no-deps
+# --no-build-isolation mamba-ssm==2.3.2.post1 -d .whl`) and name .whl in the run's carry.
+MAMBA_SDIST=$(ls .whl/mamba_ssm-*.tar.gz 2>/dev/null | head -1)
+if [ -n "$MAMBA_SDIST" ]; then
+  echo "== mamba-ssm: building $MAMBA_SDIST for sm_90 in the background (log: $OUT/mamba_build.log)"
+  ( MAMBA_FORCE_BUILD=TRUE TORCH_CUDA_ARCH_LIST=9.0 $PY -m pip install --no-build-isolation --no-deps \
+      "$MAMBA_SDIST" >"$OUT/mamba_build.log" 2>&1 ) &
+  MAMBA_PID=$!
 fi
+
+# ---- 1. build ----------------------------------------------------------------------------------
+run_step build 580 $PY setup.py build_ext --inplace || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 SO=$(ls dmm_kernels/_C*.so 2>/dev/null | head -1)
 if [ -n "$SO" ] && command -v cuobjdump >/dev/null; then  # registers / smem / stack of our kernels
   cuobjdump --dump-resource-usage "$SO" 2>&1 | grep -A1 -E "5block" >"$OUT/resource_usage_block.txt"
@@ -190,9 +198,8 @@ run_step bench_unfused 240 env DMM_CUDA_BLOCK_UNFUSED=1 $PY "$OUT/bench_block.py
 if [ -f "$OUT/bench_fused.json" ] && [ -f "$OUT/bench_unfused.json" ]; then
   $PY "$OUT/bench_table.py" "$OUT/bench_fused.json" "$OUT/bench_unfused.json" | tee "$OUT/bench_table.txt"
 fi
-if [ -f benchmarks/scan_speed.py ]; then
-  run_step scan_speed 300 $PY benchmarks/scan_speed.py --out "$OUT/scan_speed"
-fi
+[ -n "${MAMBA_PID:-}" ] && { wait "$MAMBA_PID" || echo "mamba-ssm build failed: baselines use the reference scan"; }
+run_step scan_speed 300 $PY benchmarks/scan_speed.py --out "$OUT/scan_speed"
 
 echo "== summary (logs in $OUT)"
 printf '%s\n' "${SUMMARY[@]}"

@@ -1,0 +1,180 @@
+"""Run configuration: defaults, bundled YAML configs, `section.key=value` overrides.
+
+A configuration is a nested dict with four sections (see dmm/configs/default.yaml):
+    data:  dataset spec, reward_scale
+    model: kwargs of dmm.build_model ("model": "dmm" | "dt" plus the constructor's arguments)
+    train: optimisation, logging and checkpointing (dmm.train)
+    eval:  evaluation protocol (dmm.evaluate)
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+# Sections other than "model" are merged over these; the model section comes whole from the
+# YAML file because DMM and DT take different arguments.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {
+        "dataset": "embedded:pendulum-medium-replay",
+        "reward_scale": None,       # None: the dataset's suggestion (1000 for locomotion)
+    },
+    "train": {
+        "steps": 100_000,
+        "batch_size": 64,           # per process
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "betas": [0.9, 0.999],
+        "warmup_steps": 10_000,
+        "grad_clip": None,          # None: 1.0, or 0.25 for preset v2 (the authors' value)
+        "seed": 0,
+        "device": "auto",           # auto | cpu | cuda | cuda:N
+        "amp": True,                # bf16 autocast on CUDA (ignored on CPU)
+        "threads": None,            # CPU intra-op threads; None: torch's default. Small models
+                                    # run fastest with 1 (OpenMP overhead dominates otherwise)
+        "log_every": 50,
+        "eval_every": 0,            # 0: evaluate only at the end
+        "checkpoint_every": 1000,
+        "out": None,                # run folder; None: runs/<dataset>-<model>-seed<seed>-<time>
+    },
+    "eval": {
+        "episodes": 10,
+        "target_return": None,      # number or list; None: the dataset's suggestion
+        "mode": "window",           # window (paper) | recurrent (O(1) per step, DMM only)
+        "action_pad": -10.0,        # action value of padded steps; training pads with -10
+        "seed": 0,
+    },
+}
+
+MODEL_DEFAULT_CONFIG = {"dmm": "default.yaml", "dt": "dt-default.yaml"}
+
+# What may change when resuming without breaking exactness.
+RESUMABLE_KEYS = {"train.steps", "train.device", "train.threads", "train.log_every", "train.eval_every",
+                  "train.checkpoint_every", "train.out"} | {f"eval.{k}" for k in DEFAULTS["eval"]}
+
+
+# ----------------------------------------------------------------------------- configuration
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_config_file(path_or_name: str | os.PathLike) -> dict:
+    """Read a YAML config: a path, or the name of a bundled config ("hopper-medium")."""
+    path = Path(path_or_name)
+    if not path.exists():
+        bundled = CONFIG_DIR / (path.name if path.suffix == ".yaml" else path.name + ".yaml")
+        if not bundled.exists():
+            raise FileNotFoundError(
+                f"config {path_or_name!r} not found; pass a YAML path or one of the bundled "
+                f"configs: {', '.join(available_configs())}")
+        path = bundled
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config {path} must be a mapping with sections data/model/train/eval")
+    return cfg
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; `update` wins."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_config(config: str | os.PathLike | dict | None = None, model: str | None = None) -> dict:
+    """DEFAULTS merged with a YAML file (or dict). `model` picks dmm / dt; when it differs from
+    the file's model, the model section of that model's default config is used instead."""
+    if config is None:
+        config = MODEL_DEFAULT_CONFIG[model or "dmm"]
+    user = read_config_file(config) if not isinstance(config, dict) else copy.deepcopy(config)
+    unknown = set(user) - set(DEFAULTS) - {"model"}
+    if unknown:
+        raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected "
+                         f"data, model, train, eval")
+    cfg = merge(DEFAULTS, {k: v for k, v in user.items() if k != "model"})
+    cfg["model"] = copy.deepcopy(user.get("model") or {"model": "dmm"})
+    cfg["model"].setdefault("model", "dmm")
+    if model is not None:
+        if model not in MODEL_DEFAULT_CONFIG:
+            raise ValueError(f"--model must be one of {sorted(MODEL_DEFAULT_CONFIG)}, got {model!r}")
+        if cfg["model"]["model"] != model:
+            cfg["model"] = read_config_file(MODEL_DEFAULT_CONFIG[model])["model"]
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    # YAML 1.1 reads "1e-4" as a string; accept it as the float users mean.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Apply `section.key=value` overrides (value parsed as YAML). A bare `key=value` is
+    accepted when exactly one section has that key."""
+    cfg = copy.deepcopy(cfg)
+    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    for key, value in items:
+        section, name = _locate(cfg, key)
+        cfg[section][name] = _parse_value(value) if isinstance(value, str) else value
+    return cfg
+
+
+def _split(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like section.key=value "
+                         f"(e.g. model.d_model=64 or train.lr=3e-4)")
+    key, value = override.split("=", 1)
+    return key.strip(), value
+
+
+def _locate(cfg: dict, key: str) -> tuple[str, str]:
+    if "." in key:
+        section, name = key.split(".", 1)
+        if section not in cfg:
+            raise ValueError(f"override {key!r}: unknown section {section!r} "
+                             f"(use one of {sorted(cfg)})")
+        if section != "model" and name not in cfg[section]:
+            raise ValueError(f"override {key!r}: section {section!r} has no key {name!r}; "
+                             f"known keys: {', '.join(sorted(cfg[section]))}")
+        return section, name
+    hits = [s for s in cfg if isinstance(cfg[s], dict) and key in cfg[s]]
+    if len(hits) != 1:
+        where = f"in sections {hits}" if hits else "in no section"
+        raise ValueError(f"override {key!r} is {where}; write it as section.{key}=value")
+    return hits[0], key
+
+
+def resolve_config(cfg: dict, dataset) -> dict:
+    """Fill the None defaults that depend on the dataset or the model preset."""
+    cfg = copy.deepcopy(cfg)
+    if cfg["data"]["reward_scale"] is None:
+        cfg["data"]["reward_scale"] = float(getattr(dataset, "reward_scale", None) or 1000.0)
+    if cfg["eval"]["target_return"] is None:
+        target = getattr(dataset, "target_return", None)
+        if target is None:
+            target = float(np.max(dataset.episode_returns()))
+        cfg["eval"]["target_return"] = float(target)
+    if cfg["train"]["grad_clip"] is None:
+        cfg["train"]["grad_clip"] = 0.25 if cfg["model"].get("preset") == "v2" else 1.0
+    return cfg
+
+
+def model_config(cfg: dict, dataset) -> dict:
+    """dmm.build_model's argument: the model section plus what the dataset determines."""
+    mc = dict(cfg["model"])
+    mc.update(state_dim=int(dataset.state_dim), act_dim=int(dataset.act_dim))
+    mc.setdefault("max_ep_len", int(getattr(dataset, "max_ep_len", None) or 1000))
+    return mc
