@@ -7,27 +7,13 @@ import pytest
 import torch
 
 import dmm_kernels
+from block_cases import DEVICES, EPS, MIXERS, make_case
 from dmm_kernels import reference
 
 pytestmark = pytest.mark.skipif(
     not dmm_kernels.HAS_EXTENSION,
     reason="compiled dmm ops not loaded (the public functions would be the reference itself)",
 )
-
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device"))]
-MIXERS = ["conv", "line", "double-conv", "double-line", "dense"]
-EPS = 1e-5
-
-
-def make_case(mixer, n_modalities=3, batch=2, length=7, d_model=8, d_state=4, window=3,
-              dtype=torch.float64, device="cpu", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    params = reference.make_block_params(d_model, mixer, d_state=d_state, window=window,
-                                         n_modalities=n_modalities, dtype=dtype, device=device,
-                                         generator=gen)
-    h = torch.randn(batch, length, d_model, generator=gen, dtype=torch.float64).to(device, dtype)
-    return h, params
 
 
 def op_args(h, params, mixer, n_modalities, residual_ssm):

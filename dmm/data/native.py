@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from dmm._io import atomic_write
 
 from .dataset import TrajectoryDataset, check_array, split_episodes
 
@@ -33,20 +34,7 @@ def save_native(dataset: TrajectoryDataset, path: str | os.PathLike) -> str:
                 reward_scale=dataset.reward_scale, target_return=dataset.target_return,
                 max_ep_len=dataset.max_ep_len, action_scale=dataset.action_scale,
                 format_version=FORMAT_VERSION)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, metadata=np.array(json.dumps(meta)), **dataset.flat())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, metadata=np.array(json.dumps(meta)), **dataset.flat()))
     return path
 
 
