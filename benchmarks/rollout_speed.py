@@ -10,7 +10,6 @@ so model cost dominates); pass --env Hopper-v5 for the paper's setting.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 import dmm_kernels
+from csv_out import write_rows
 from dmm import build_model
 from dmm.evaluate import run_episodes
 
@@ -67,12 +67,7 @@ def main():
                      "ms_per_vector_step": round(dt / max(res["lengths"].max(), 1) * 1e3, 3),
                      "compiled_kernels": dmm_kernels.HAS_EXTENSION})
         print(f"{label:<14} {mode:<10} {n_steps / dt:>12.0f} {rows[-1]['ms_per_vector_step']:>9.2f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {args.out}")
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Writes benchmarks/results/scan_speed_<device>.csv and .png and prints a table wi
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dmm_kernels  # noqa: E402
 from baselines import paper_block, paper_scan  # noqa: E402
+from csv_out import write_rows  # noqa: E402
 from dmm_kernels import reference  # noqa: E402
 
 SHAPES = {  # DESIGN.md section 6
@@ -187,14 +187,10 @@ def main(argv=None):
             for mixer in args.mixers.split(","):
                 bench_block(name, shape, device, reps, rows, mixer)
     print_table(rows)
-    os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"scan_speed_{device}")
-    with open(stem + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(rows, stem + ".csv")
     plot(rows, stem + ".png")
-    print(f"wrote {stem}.csv and {stem}.png")
+    print(f"wrote {stem}.png")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Runs on CPU, and on CUDA too when available (bf16 autocast, as dmm train does).
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 import dmm_kernels
+from csv_out import write_rows
 from dmm import build_model
 from dmm import action_loss
 
@@ -95,12 +95,7 @@ def main():
                          "compiled_kernels": dmm_kernels.HAS_EXTENSION,
                          "threads": torch.get_num_threads()})
             print(f"{dev:<6} {label:<20} {n:>9,} {median * 1e3:>9.2f} {1 / median:>9.1f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print(f"wrote {args.out}")
+    write_rows(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,7 @@ MEAN = np.array([0.1, -0.2, 0.3], np.float32)
 STD = np.array([0.7, 0.8, 2.0], np.float32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def short_envs(n=EPISODES):

@@ -11,13 +11,7 @@ from dmm.config import apply_overrides, make_config
 from dmm.train import step_seed, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: OpenMP threading only adds overhead (and thrashes on a shared machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_d4rl_hdf5(path, n_steps=300, state_dim=5, act_dim=2, seed=0):
