@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-
 from .dataset import TrajectoryDataset, check_array, split_episodes
 from .scores import REFERENCE_RETURNS, task_family
 
