@@ -32,6 +32,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
         "betas": [0.9, 0.999],
         "warmup_steps": 10_000,
+        "lr_decay": "none",         # none (the paper: constant after warmup) | cosine
+        "lr_min_ratio": 0.1,        # cosine: final lr = lr_min_ratio * lr
         "grad_clip": None,          # None: 1.0, or 0.25 for preset v2 (the authors' value)
         "seed": 0,
         "device": "auto",           # auto | cpu | cuda | cuda:N

@@ -12,13 +12,16 @@ evaluates.
 Optimiser: AdamW with weight decay on matrices (Linear / mixer weights) only; biases,
 LayerNorm parameters, embeddings' biases and the SSM's A_log and D are not decayed (the
 mamba-ssm convention; with the paper's decay of 1e-4 the difference is negligible).
-The learning rate warms up linearly over warmup_steps and then stays constant (the paper).
+The learning rate warms up linearly over warmup_steps and then stays constant (the paper), or
+with lr_decay: cosine falls to lr_min_ratio x lr by the last step (short runs end on a
+settled checkpoint instead of one taken mid-oscillation).
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import math
 import os
 import signal
 import sys
@@ -73,9 +76,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
+def lr_lambda(warmup_steps: int, total_steps: int, decay: str = "none",
+              min_ratio: float = 0.1) -> Callable[[int], float]:
+    """Learning-rate multiplier at a step: linear warmup, then constant or cosine decay."""
+    if decay not in ("none", "cosine"):
+        raise ValueError(f"train.lr_decay must be 'none' or 'cosine', got {decay!r}")
     warmup = max(1, int(warmup_steps))
-    return lambda step: min(1.0, (step + 1) / warmup)
+    decay_steps = max(1, int(total_steps) - warmup)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay == "none":
+            return 1.0
+        progress = min(1.0, (step - warmup) / decay_steps)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return multiplier
 
 
 def default_run_dir(cfg: dict, dataset_name: str) -> Path:
@@ -227,7 +243,8 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     model = build_model(mcfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"],
                                   betas=tuple(tc["betas"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_lambda(tc["warmup_steps"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
+        tc["warmup_steps"], tc["steps"], tc["lr_decay"], tc["lr_min_ratio"]))
     step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

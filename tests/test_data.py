@@ -183,7 +183,7 @@ def test_embedded_deterministic_and_cached(tmp_path, monkeypatch):
             for k in ("observations", "actions", "rewards", "terminals"):
                 np.testing.assert_array_equal(e1[k], e2[k])
     assert c.env_id == "Pendulum-v1" and c.action_scale == 2.0 and c.max_ep_len == 200
-    assert c.reward_scale == 100.0 and c.target_return == embedded.PENDULUM_EXPERT_RETURN
+    assert c.reward_scale == embedded.REWARD_SCALE and c.target_return == embedded.PENDULUM_EXPERT_RETURN
     monkeypatch.undo()
     d = embedded.load_embedded("pendulum-medium", seed=4, n_episodes=10, cache=False)
     assert not np.array_equal(d.episodes[0]["observations"], a.episodes[0]["observations"])
@@ -238,6 +238,19 @@ def test_behaviour_policies():
     assert embedded.behaviour_policy("embedded:pendulum-random")(obs).shape == (3, 1)
     with pytest.raises(ValueError, match="medium-replay"):
         embedded.behaviour_policy("medium-replay")
+
+
+@pytest.mark.parametrize("skill", [0.6, 0.9])
+def test_behaviour_noise_is_gaussian_around_expert(skill):
+    """Skill s adds N(0, (NOISE_SCALE (1 - s) / s)^2) torque to the expert's: upright at rest
+    (expert torque 0, clipping rare at these skills) the actions' mean is 0 and their std that."""
+    policy = embedded.PendulumPolicy(skill, seed=1)
+    torque = policy(np.tile([[1.0, 0.0, 0.0]], (20_000, 1)))[:, 0] * embedded.ACTION_SCALE  # (n,)
+    std = embedded.NOISE_SCALE * (1.0 - skill) / skill
+    clipped = np.clip(np.random.default_rng(0).normal(0.0, std, 200_000), -2.0, 2.0)
+    assert abs(torque.mean()) < 4 * torque.std() / np.sqrt(len(torque))
+    assert abs(torque.std() - clipped.std()) < 0.02 * clipped.std()
+    assert embedded.PendulumPolicy(0.0)(np.zeros((4000, 3))).std() > 0.5  # uniform on [-1, 1]: 0.577
 
 
 # ---- sampler ------------------------------------------------------------------------------

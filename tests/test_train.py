@@ -8,7 +8,7 @@ import torch
 
 from dmm.checkpoint import load_checkpoint, save_checkpoint
 from dmm.config import apply_overrides, make_config
-from dmm.train import step_seed, train
+from dmm.train import lr_lambda, step_seed, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,6 +140,19 @@ def test_step_seed_depends_on_seed_step_and_rank():
     seeds = {step_seed(s, t, r) for s in range(2) for t in range(3) for r in range(2)}
     assert len(seeds) == 12
     assert step_seed(0, 5, 1) == step_seed(0, 5, 1)
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine():
+    constant = lr_lambda(warmup_steps=4, total_steps=20)
+    assert [constant(t) for t in (0, 3, 4, 19, 50)] == [0.25, 1.0, 1.0, 1.0, 1.0]
+    cosine = lr_lambda(warmup_steps=4, total_steps=20, decay="cosine", min_ratio=0.1)
+    assert cosine(1) == 0.5 and cosine(4) == 1.0
+    assert cosine(12) == pytest.approx(0.55)  # halfway through the decay: (1 + 0.1) / 2
+    assert cosine(20) == pytest.approx(0.1) and cosine(100) == pytest.approx(0.1)
+    values = [cosine(t) for t in range(4, 21)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="train.lr_decay"):
+        lr_lambda(4, 20, decay="linear")
 
 
 def test_checkpoint_save_is_atomic(tmp_path, monkeypatch):

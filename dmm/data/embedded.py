@@ -4,13 +4,14 @@ Pendulum-v1: obs (cos th, sin th, th_dot), th = 0 upright; torque in [-2, 2]; re
 -(th^2 + 0.1 th_dot^2 + 0.001 u^2) per step; every episode is truncated at 200 steps.
 Datasets store actions in [-1, 1] (torque / 2, ACTION_SCALE), the units the model predicts.
 
-Behaviour policies form one family indexed by a skill s in [0, 1]: with probability 1 - s the
-action is uniform random, otherwise it is the expert torque times (0.25 + 0.75 s) plus
-Gaussian noise of std 0.5 (1 - s), clipped. s = 0 is the random policy, s = 1 the expert.
+Behaviour policies form one family indexed by a skill s in [0, 1]: the expert torque plus
+Gaussian exploration noise of std NOISE_SCALE (1 - s) / s, clipped to [-2, 2], like a SAC
+policy early (large noise) or late (small noise) in training. s = 0 is the uniform random
+policy (the limit of ever larger noise), s = 1 the noise-free expert.
 
   name                      episodes  steps    policy
   pendulum-random           500       100000   s = 0
-  pendulum-medium           500       100000   s = MEDIUM_SKILL (0.5): ~45% of the way to expert
+  pendulum-medium           500       100000   s = MEDIUM_SKILL (0.5): ~49% of the way to expert
   pendulum-medium-replay    200       40000    s rising linearly 0 -> 0.5 over the episodes,
                                                like the replay buffer of a training run
   pendulum-expert           500       100000   s = 1
@@ -30,11 +31,15 @@ import numpy as np
 ENV_ID = "Pendulum-v1"
 EPISODE_LEN = 200
 ACTION_SCALE = 2.0  # Pendulum's max torque: env action = dataset action * 2
-# Pendulum returns lie in about [-1800, 0]; /100 gives returns-to-go in [-18, 0], the same
-# order of magnitude as D4RL locomotion's rtg / 1000, so the rtg embedding sees O(1-10) inputs.
-REWARD_SCALE = 100.0
+# Pendulum returns lie in about [-1800, 0]; /1000 puts returns-to-go in [-1.8, 0], the range
+# of D4RL locomotion's rtg / 1000. It matters: the model layer-normalises each token's
+# embedding, and the embedding of a scalar r, r w + b, only changes direction with r while |r w|
+# is not much larger than |b|; with rtg in [-18, 0] (scale 100) trained models could not tell
+# -18 from -4 and ignored the target return.
+REWARD_SCALE = 1000.0
 MEDIUM_SKILL = 0.5
-GENERATOR_VERSION = 1  # bump when generation changes: it is part of the cache file name
+NOISE_SCALE = 3.0  # exploration std at skill s: NOISE_SCALE (1 - s) / s (3 at MEDIUM_SKILL)
+GENERATOR_VERSION = 2  # bump when generation changes: it is part of the cache file name
 
 # Reference returns, measured once by measure_reference_returns(n_episodes=1000, seed=0): mean
 # return of 1000 episodes with env.reset(seed=0..999) of the random policy (s = 0, policy rng
@@ -92,10 +97,11 @@ class PendulumPolicy:
         n = len(obs)
         s = np.broadcast_to(np.asarray(self.skill if skill is None else skill, np.float64), (n,))
         noise = rng.standard_normal(n)
-        explore = rng.random(n) < 1.0 - s
+        rng.random(n)  # unused since version 2; drawn so the measured reference returns still hold
         uniform = rng.uniform(-2.0, 2.0, n)
-        u = expert_torque(obs) * (0.25 + 0.75 * s) + 0.5 * (1.0 - s) * noise
-        u = np.clip(np.where(explore, uniform, u), -2.0, 2.0)
+        std = NOISE_SCALE * (1.0 - s) / np.maximum(s, 1e-12)
+        u = np.where(s > 0.0, expert_torque(obs) + std * noise, uniform)
+        u = np.clip(u, -2.0, 2.0)
         return (u / ACTION_SCALE).astype(np.float32)[:, None]
 
 
