@@ -56,7 +56,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 MODEL_DEFAULT_CONFIG = {"dmm": "default.yaml", "dt": "dt-default.yaml"}
 
-# What may change when resuming without breaking exactness.
+# What may change when resuming without breaking exactness (with lr_decay cosine a new
+# train.steps reshapes the decay from the resumed step on).
 RESUMABLE_KEYS = {"train.steps", "train.device", "train.threads", "train.log_every", "train.eval_every",
                   "train.checkpoint_every", "train.out"} | {f"eval.{k}" for k in DEFAULTS["eval"]}
 

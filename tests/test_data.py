@@ -212,6 +212,9 @@ def test_embedded_graded_quality():
         means[name] = ds.episode_returns().mean()
     assert means["random"] < means["medium-replay"] < means["medium"] < means["expert"]
     assert means["medium"] < means["medium-expert"] < means["expert"]
+    replay = embedded.load_embedded("pendulum-medium-replay", n_episodes=40, cache=False)
+    returns = replay.episode_returns()  # (40,) in generation order: skill rising 0 -> 0.5
+    assert returns[:10].mean() < returns[-10:].mean() - 300.0
     score = normalized_score("embedded:pendulum-medium", means["medium"])
     assert 30.0 < score < 55.0  # "medium": a third to half of the way from random to expert
     assert means["expert"] > -200.0

@@ -7,13 +7,15 @@ Datasets store actions in [-1, 1] (torque / 2, ACTION_SCALE), the units the mode
 Behaviour policies form one family indexed by a skill s in [0, 1]: the expert torque plus
 Gaussian exploration noise of std NOISE_SCALE (1 - s) / s, clipped to [-2, 2], like a SAC
 policy early (large noise) or late (small noise) in training. s = 0 is the uniform random
-policy (the limit of ever larger noise), s = 1 the noise-free expert.
+policy, s = 1 the noise-free expert. The noise leaves the mean action near the expert's where
+clipping is rare, so a model that reads the return-to-go can do better than the data it copies.
 
   name                      episodes  steps    policy
   pendulum-random           500       100000   s = 0
-  pendulum-medium           500       100000   s = MEDIUM_SKILL (0.5): ~49% of the way to expert
+  pendulum-medium           500       100000   s = MEDIUM_SKILL (0.5): normalized return ~50
   pendulum-medium-replay    200       40000    s rising linearly 0 -> 0.5 over the episodes,
-                                               like the replay buffer of a training run
+                                               like the replay buffer of a training run;
+                                               average normalized return 24.5
   pendulum-expert           500       100000   s = 1
   pendulum-medium-expert    1000      200000   pendulum-medium + pendulum-expert (as in D4RL)
 
