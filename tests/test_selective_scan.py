@@ -92,6 +92,32 @@ def test_forward_float32_matches_float64_reference(device):
     torch.testing.assert_close(last.double(), ref_last, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_softplus_and_gate_extremes(device):
+    """softplus(delta + bias) and the SiLU(z) gate run on the kernel's own vectorised exp / log1p
+    in float32: sweep delta and z over [-30, 30] (both sides of softplus' threshold 20, and
+    the tail where softplus(x) ~ e^x) and compare output and gradients with float64 math."""
+    x = make_inputs(batch=2, E=8, L=40, N=16, device=device, seed=5)
+    sweep = torch.linspace(-30.0, 30.0, x["delta"].numel(), dtype=torch.float64)
+    perm = torch.randperm(sweep.numel(), generator=torch.Generator().manual_seed(0))
+    x["delta"] = sweep.reshape(x["delta"].shape).to(device)
+    x["z"] = sweep[perm].reshape(x["z"].shape).to(device)
+    x["A"] = x["A"] * 0.05  # keep exp(delta A) away from 0 so the states stay informative
+    dout = torch.randn(x["u"].shape, generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64).to(device)
+    results = []
+    for fn, dtype in ((dmm_kernels.selective_scan, torch.float32), (selective_scan_ref, torch.float64)):
+        leaves = {k: v.to(dtype).requires_grad_() for k, v in x.items()}
+        out = fn(**leaves, delta_softplus=True)
+        (out * dout.to(dtype)).sum().backward()
+        results.append((out.detach().double(), {k: v.grad.double() for k, v in leaves.items()}))
+    (out, grads), (ref_out, ref_grads) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-4 * ref_out.abs().max().item())
+    for k in grads:
+        scale = ref_grads[k].abs().max().item()
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-4 * scale, msg=k)
+
+
 def _grads(fn, x, softplus):
     leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items() if v is not None}
     args = {k: leaves.get(k) for k in ARG_NAMES}

@@ -28,6 +28,11 @@
 #define DMM_SIMD_CLONES
 #define DMM_NO_TRAPPING_MATH
 #endif
+#if defined(__GNUC__)
+#define DMM_ALWAYS_INLINE inline __attribute__((always_inline))  // GCC judged dot() "cold"
+#else
+#define DMM_ALWAYS_INLINE inline
+#endif
 
 namespace dmm {
 namespace {
@@ -61,9 +66,61 @@ inline void exp_inplace(double* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
-// PyTorch's softplus (beta 1, threshold 20) and its derivative.
-template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(std::exp(x)); }
-template <typename T> inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+// Dot product over 8 independent partial sums. Without -ffast-math the compiler keeps a single
+// float accumulator in source order: a serial chain of adds that dominated the scan's time.
+// The fixed summation order keeps results deterministic.
+template <typename acc_t>
+DMM_ALWAYS_INLINE acc_t dot(const acc_t* x, const acc_t* y, int64_t n) {
+  acc_t part[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) part[k] += x[i + k] * y[i + k];
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += x[i] * y[i];
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) +
+         tail;
+}
+
+// out = softplus(x) (PyTorch's, beta 1) = max(x, 0) + log1p(exp(-|x|)), vectorised: scalar libm
+// calls here cost more than the scan itself. log1p(v), v in (0, 1]: w = 1 + v is split as
+// 2^e (1 + m), m in [-0.29, 0.42], for Cephes' logf polynomial; v / (w - 1) corrects the
+// rounding of 1 + v (Goldberg's trick). ~2 ulp. (All inline: GCC does not inline across the
+// no-trapping-math attribute.)
+DMM_SIMD_CLONES DMM_NO_TRAPPING_MATH void softplus(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 0.0f ? -x[i] : x[i];  // -|x|
+  exp_inplace(out, n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = out[i], w = 1.0f + v;
+    const bool big = w > 1.41421356f;
+    const float m = big ? 0.5f * w - 1.0f : w - 1.0f, m2 = m * m;
+    float p = 7.0376836292e-2f;
+    p = p * m - 1.1514610310e-1f;
+    p = p * m + 1.1676998740e-1f;
+    p = p * m - 1.2420140846e-1f;
+    p = p * m + 1.4249322787e-1f;
+    p = p * m - 1.6668057665e-1f;
+    p = p * m + 2.0000714765e-1f;
+    p = p * m - 2.4999993993e-1f;
+    p = p * m + 3.3333331174e-1f;
+    const float log_w = m + (p * m * m2 - 0.5f * m2) + (big ? 0.693359375f - 2.12194440e-4f : 0.0f);
+    const float w_minus_1 = w - 1.0f;
+    const float log1p_v = w_minus_1 == 0.0f ? v : log_w * (v / w_minus_1);
+    out[i] = (x[i] > 0.0f ? x[i] : 0.0f) + log1p_v;
+  }
+}
+inline void softplus(const double* x, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] > 20.0 ? x[i] : std::log1p(std::exp(x[i]));
+}
+
+// out = sigmoid(x) = 1 / (1 + exp(-x)) (exp(-x) = inf gives 0, as it should).
+DMM_SIMD_CLONES void sigmoid(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = -x[i];
+  exp_inplace(out, n);
+  for (int64_t i = 0; i < n; ++i) out[i] = 1.0f / (1.0f + out[i]);
+}
+inline void sigmoid(const double* x, int64_t n, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = 1.0 / (1.0 + std::exp(-x[i]));
+}
 
 // Channels per backward task: dB / dC partials are summed over these inside a task, then over
 // tasks in a fixed order, so results do not depend on the thread count.
@@ -76,21 +133,26 @@ at::Tensor bc_time_major(const at::Tensor& t, const ScanDims& d, at::ScalarType 
   return t.to(acc).reshape({d.batch, d.n_groups, d.dstate, d.len}).transpose(2, 3).contiguous();
 }
 
-// Shared per-channel setup: dt_t for the channel, after bias and softplus.
+// Shared per-channel setup: x (L) receives delta_t + bias, dt (L) the step dt_t = softplus?(x_t).
 template <typename acc_t>
-inline void channel_dt(const acc_t* delta, acc_t bias, bool use_softplus, int64_t L, acc_t* dt) {
-  for (int64_t t = 0; t < L; ++t) {
-    const acc_t x = delta[t] + bias;
-    dt[t] = use_softplus ? softplus(x) : x;
-  }
+inline void channel_dt(const acc_t* delta, acc_t bias, bool use_softplus, int64_t L, acc_t* x,
+                       acc_t* dt) {
+  for (int64_t t = 0; t < L; ++t) x[t] = delta[t] + bias;
+  if (use_softplus)
+    softplus(x, L, dt);
+  else
+    std::copy(x, x + L, dt);
 }
 
 // Runs the scan of one channel. a (L, N) receives exp(dt_t A); states (L, N) receives s_t when
 // non-null; y (L) receives <s_t, C_t> + D u_t (before the z gate). s (N) ends as the last state.
+// No pointer aliases another.
 template <typename acc_t>
-DMM_SIMD_CLONES void channel_scan(const acc_t* u, const acc_t* dt, const acc_t* A, const acc_t* Bt,
-                         const acc_t* Ct, acc_t Dskip, int64_t L, int64_t N, acc_t* a,
-                         acc_t* states, acc_t* y, acc_t* s) {
+DMM_SIMD_CLONES void channel_scan(const acc_t* __restrict__ u, const acc_t* __restrict__ dt,
+                                  const acc_t* __restrict__ A, const acc_t* __restrict__ Bt,
+                                  const acc_t* __restrict__ Ct, acc_t Dskip, int64_t L, int64_t N,
+                                  acc_t* __restrict__ a, acc_t* __restrict__ states,
+                                  acc_t* __restrict__ y, acc_t* __restrict__ s) {
   for (int64_t t = 0; t < L; ++t)
     for (int64_t n = 0; n < N; ++n) a[t * N + n] = dt[t] * A[n];
   exp_inplace(a, L * N);
@@ -100,34 +162,33 @@ DMM_SIMD_CLONES void channel_scan(const acc_t* u, const acc_t* dt, const acc_t* 
     const acc_t* bt = Bt + t * N;
     const acc_t* ct = Ct + t * N;
     const acc_t dtu = dt[t] * u[t];
-    acc_t acc = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      s[n] = at_[n] * s[n] + dtu * bt[n];
-      acc += s[n] * ct[n];
-    }
+    for (int64_t n = 0; n < N; ++n) s[n] = at_[n] * s[n] + dtu * bt[n];
     if (states) std::copy(s, s + N, states + t * N);
-    y[t] = acc + Dskip * u[t];
+    y[t] = dot(s, ct, N) + Dskip * u[t];
   }
 }
 
 // Adjoint of one channel's scan, backwards in time. g (N) carries dLoss/ds_t from step t+1
 // (already multiplied by a_{t+1}); ga, gs (N) are scratch. states (L + 1, N): row 0 is zero,
-// row t + 1 is s_t. Writes du, dz, ddt (= dLoss/d dt_t, before softplus) for the channel and
+// row t + 1 is s_t; sz (L) is sigmoid(z_t). No pointer aliases another (__restrict__ lets the
+// element-wise loop vectorise without run-time overlap checks). Writes du, dz, ddt (= dLoss/d dt_t, before softplus) for the channel and
 // accumulates dA_e (N), dB / dC (L, N) of its group and dD.
 template <typename acc_t>
-DMM_SIMD_CLONES void channel_adjoint(int64_t L, int64_t N, const acc_t* dout, const acc_t* u,
-                                     const acc_t* dt, const acc_t* z, const acc_t* y,
-                                     const acc_t* a, const acc_t* states, const acc_t* A,
-                                     const acc_t* Bt, const acc_t* Ct, acc_t Dskip, acc_t* g,
-                                     acc_t* ga, acc_t* gs, acc_t* du, acc_t& dD, acc_t* dA,
-                                     acc_t* dz, acc_t* dB, acc_t* dC, acc_t* ddt_out) {
+DMM_SIMD_CLONES void channel_adjoint(
+    int64_t L, int64_t N, const acc_t* __restrict__ dout, const acc_t* __restrict__ u,
+    const acc_t* __restrict__ dt, const acc_t* __restrict__ z, const acc_t* __restrict__ sz,
+    const acc_t* __restrict__ y, const acc_t* __restrict__ a, const acc_t* __restrict__ states,
+    const acc_t* __restrict__ A, const acc_t* __restrict__ Bt, const acc_t* __restrict__ Ct,
+    acc_t Dskip, acc_t* __restrict__ g, acc_t* __restrict__ ga, acc_t* __restrict__ gs,
+    acc_t* __restrict__ du, acc_t& dD, acc_t* __restrict__ dA, acc_t* __restrict__ dz,
+    acc_t* __restrict__ dB, acc_t* __restrict__ dC, acc_t* __restrict__ ddt_out) {
   std::fill(g, g + N, acc_t(0));
   for (int64_t t = L - 1; t >= 0; --t) {
     acc_t dy = dout[t];
     if (z) {
-      const acc_t zt = z[t], sz = sigmoid(zt);
-      dz[t] = dy * y[t] * sz * (acc_t(1) + zt * (acc_t(1) - sz));
-      dy *= zt * sz;
+      const acc_t zt = z[t], szt = sz[t];
+      dz[t] = dy * y[t] * szt * (acc_t(1) + zt * (acc_t(1) - szt));
+      dy *= zt * szt;
     }
     const acc_t ut = u[t], dtt = dt[t], dtu = dtt * ut;
     const acc_t* at_ = a + t * N;
@@ -146,11 +207,7 @@ DMM_SIMD_CLONES void channel_adjoint(int64_t L, int64_t N, const acc_t* dout, co
       gs[n] = gn;
       g[n] = gn * at_[n];
     }
-    acc_t ddt = 0, gB = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      ddt += ga[n] * A[n];
-      gB += gs[n] * bt[n];
-    }
+    const acc_t ddt = dot(ga, A, N), gB = dot(gs, bt, N);
     dD += dy * ut;
     du[t] = dy * Dskip + gB * dtt;
     ddt_out[t] = ddt + gB * ut;
@@ -192,18 +249,21 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cpu(
     acc_t* last_p = last_state.mutable_data_ptr<acc_t>();
     const int64_t grain = std::max<int64_t>(1, 4096 / (L * N));
     at::parallel_for(0, d.batch * E, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> dt(L), a(L * N);
+      std::vector<acc_t> x(L), dt(L), sz(L), a(L * N);
       for (int64_t be = begin; be < end; ++be) {
         const int64_t b = be / E, e = be % E, g = e / per_group;
         const int64_t row = be * L;
-        channel_dt(delta_p + row, bias_p ? bias_p[e] : acc_t(0), delta_softplus, L, dt.data());
+        channel_dt(delta_p + row, bias_p ? bias_p[e] : acc_t(0), delta_softplus, L, x.data(),
+                   dt.data());
         const int64_t bc = (b * G + g) * L * N;
         acc_t* y = out_p + row;
         channel_scan(u_p + row, dt.data(), A_p + e * N, B_p + bc, C_p + bc,
                      D_p ? D_p[e] : acc_t(0), L, N, a.data(), static_cast<acc_t*>(nullptr), y,
                      last_p + be * N);
-        if (z_p)
-          for (int64_t t = 0; t < L; ++t) y[t] *= z_p[row + t] * sigmoid(z_p[row + t]);
+        if (z_p) {
+          sigmoid(z_p + row, L, sz.data());
+          for (int64_t t = 0; t < L; ++t) y[t] *= z_p[row + t] * sz[t];
+        }
       }
     });
   });
@@ -265,8 +325,8 @@ selective_scan_bwd_cpu(const at::Tensor& dout_in, const at::Tensor& u_in,
       // One task = one (batch, group, chunk of channels); it owns its dB / dC partial slice.
       at::parallel_for(0, d.batch * G * n_chunks, 1, [&](int64_t begin, int64_t end) {
         // states row 0 is s_{-1} = 0, row t + 1 is s_t.
-        std::vector<acc_t> dt(L), a(L * N), states((L + 1) * N, acc_t(0)), y(L), s(N), g(N),
-            ga(N), gs(N);
+        std::vector<acc_t> x(L), dt(L), sig(L), a(L * N), states((L + 1) * N, acc_t(0)), y(L),
+            s(N), g(N), ga(N), gs(N);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t chunk = task % n_chunks, bg = task / n_chunks;
           const int64_t b = bg / G, grp = bg % G;
@@ -282,22 +342,22 @@ selective_scan_bwd_cpu(const at::Tensor& dout_in, const at::Tensor& u_in,
             const acc_t Dskip = D_p ? D_p[e] : acc_t(0);
             const acc_t* u_r = u_p + row;
             channel_dt(delta_p + row, bias_p ? bias_p[e] : acc_t(0), delta_softplus, L,
-                       dt.data());
+                       x.data(), dt.data());
             channel_scan(u_r, dt.data(), A_e, Bg, Cg, Dskip, L, N, a.data(), states.data() + N,
                          y.data(), s.data());
 
             acc_t dD_acc = 0, dbias_acc = 0;
+            if (z_p) sigmoid(z_p + row, L, sig.data());
             channel_adjoint(L, N, dout_p + row, u_r, dt.data(), z_p ? z_p + row : nullptr,
-                            y.data(), a.data(), states.data(), A_e, Bg, Cg, Dskip, g.data(),
+                            sig.data(), y.data(), a.data(), states.data(), A_e, Bg, Cg, Dskip, g.data(),
                             ga.data(), gs.data(), du_p + row, dD_acc, dA_p + be * N,
                             dz_p ? dz_p + row : nullptr, dBg, dCg, ddelta_p + row);
-            // ddelta_p holds d/d(dt); chain through softplus(delta + bias).
+            // ddelta_p holds d/d(dt); chain through softplus(x), x = delta + bias (PyTorch's
+            // threshold: the derivative is exactly 1 above 20).
+            if (delta_softplus) sigmoid(x.data(), L, sig.data());
             for (int64_t t = 0; t < L; ++t) {
               acc_t ddt = ddelta_p[row + t];
-              if (delta_softplus) {
-                const acc_t x = delta_p[row + t] + (bias_p ? bias_p[e] : acc_t(0));
-                if (x <= acc_t(20)) ddt *= sigmoid(x);
-              }
+              if (delta_softplus && x[t] <= acc_t(20)) ddt *= sig[t];
               ddelta_p[row + t] = ddt;
               dbias_acc += ddt;
             }
