@@ -184,6 +184,8 @@ def test_embedded_deterministic_and_cached(tmp_path, monkeypatch):
                 np.testing.assert_array_equal(e1[k], e2[k])
     assert c.env_id == "Pendulum-v1" and c.action_scale == 2.0 and c.max_ep_len == 200
     assert c.reward_scale == embedded.REWARD_SCALE and c.target_return == embedded.PENDULUM_EXPERT_RETURN
+    monkeypatch.setattr(embedded, "REWARD_SCALE", 123.0)  # the code wins over the cached value
+    assert embedded.load_embedded("pendulum-medium", seed=3, n_episodes=10).reward_scale == 123.0
     monkeypatch.undo()
     d = embedded.load_embedded("pendulum-medium", seed=4, n_episodes=10, cache=False)
     assert not np.array_equal(d.episodes[0]["observations"], a.episodes[0]["observations"])
