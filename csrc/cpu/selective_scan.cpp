@@ -67,8 +67,8 @@ inline void exp_inplace(double* x, int64_t n) {
 }
 
 // Dot product over 8 independent partial sums. Without -ffast-math the compiler keeps a single
-// float accumulator in source order: a serial chain of adds that dominated the scan's time.
-// The fixed summation order keeps results deterministic.
+// float accumulator in source order: a serial chain of N dependent adds per time step. The
+// fixed summation order keeps results deterministic.
 template <typename acc_t>
 DMM_ALWAYS_INLINE acc_t dot(const acc_t* x, const acc_t* y, int64_t n) {
   acc_t part[8] = {};
@@ -170,9 +170,9 @@ DMM_SIMD_CLONES void channel_scan(const acc_t* __restrict__ u, const acc_t* __re
 
 // Adjoint of one channel's scan, backwards in time. g (N) carries dLoss/ds_t from step t+1
 // (already multiplied by a_{t+1}); ga, gs (N) are scratch. states (L + 1, N): row 0 is zero,
-// row t + 1 is s_t; sz (L) is sigmoid(z_t). No pointer aliases another (__restrict__ lets the
-// element-wise loop vectorise without run-time overlap checks). Writes du, dz, ddt (= dLoss/d dt_t, before softplus) for the channel and
-// accumulates dA_e (N), dB / dC (L, N) of its group and dD.
+// row t + 1 is s_t; sz (L) is sigmoid(z_t). Writes du, dz, ddt (= dLoss/d dt_t, before softplus)
+// for the channel and accumulates dA_e (N), dB / dC (L, N) of its group and dD. No pointer
+// aliases another (__restrict__: the element-wise loop vectorises without overlap checks).
 template <typename acc_t>
 DMM_SIMD_CLONES void channel_adjoint(
     int64_t L, int64_t N, const acc_t* __restrict__ dout, const acc_t* __restrict__ u,
@@ -349,11 +349,11 @@ selective_scan_bwd_cpu(const at::Tensor& dout_in, const at::Tensor& u_in,
             acc_t dD_acc = 0, dbias_acc = 0;
             if (z_p) sigmoid(z_p + row, L, sig.data());
             channel_adjoint(L, N, dout_p + row, u_r, dt.data(), z_p ? z_p + row : nullptr,
-                            sig.data(), y.data(), a.data(), states.data(), A_e, Bg, Cg, Dskip, g.data(),
-                            ga.data(), gs.data(), du_p + row, dD_acc, dA_p + be * N,
+                            sig.data(), y.data(), a.data(), states.data(), A_e, Bg, Cg, Dskip,
+                            g.data(), ga.data(), gs.data(), du_p + row, dD_acc, dA_p + be * N,
                             dz_p ? dz_p + row : nullptr, dBg, dCg, ddelta_p + row);
             // ddelta_p holds d/d(dt); chain through softplus(x), x = delta + bias (PyTorch's
-            // threshold: the derivative is exactly 1 above 20).
+            // threshold: the derivative is exactly 1 above 20). sig is free again.
             if (delta_softplus) sigmoid(x.data(), L, sig.data());
             for (int64_t t = 0; t < L; ++t) {
               acc_t ddt = ddelta_p[row + t];
