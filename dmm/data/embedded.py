@@ -207,25 +207,25 @@ def load_embedded(name: str, seed: int = 0, n_episodes: int | None = None, cache
     if n < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n}")
     path = os.path.join(cache_dir(), f"{name}-seed{seed}-ep{n}-gen{GENERATOR_VERSION}.npz")
+    # What the code decides, not the cache: changing these needs no new generator version.
+    described = dict(name=name, env_id=ENV_ID,
+                     reference_returns=(PENDULUM_RANDOM_RETURN, PENDULUM_EXPERT_RETURN),
+                     reward_scale=REWARD_SCALE, target_return=PENDULUM_EXPERT_RETURN,
+                     max_ep_len=EPISODE_LEN, action_scale=ACTION_SCALE)
     if cache and os.path.exists(path):
         try:
             ds = load_native(path)
         except ValueError:
             ds = None  # unreadable cache (e.g. disk full on write): regenerate and overwrite it
         if ds is not None:
-            # Only the episodes come from the cache; references and suggested scales are the
-            # code's, so changing them needs no new generator version.
-            ds.reference_returns = (PENDULUM_RANDOM_RETURN, PENDULUM_EXPERT_RETURN)
-            ds.reward_scale, ds.target_return = REWARD_SCALE, PENDULUM_EXPERT_RETURN
+            for field, value in described.items():
+                setattr(ds, field, value)
             return ds
     t0 = time.perf_counter()
     episodes = generate_episodes(name, seed, n, cache)
     seconds = time.perf_counter() - t0
     ds = TrajectoryDataset(
-        episodes, name=name, env_id=ENV_ID,
-        reference_returns=(PENDULUM_RANDOM_RETURN, PENDULUM_EXPERT_RETURN),
-        reward_scale=REWARD_SCALE, target_return=PENDULUM_EXPERT_RETURN, max_ep_len=EPISODE_LEN,
-        action_scale=ACTION_SCALE,
+        episodes, **described,
         metadata={"source": f"embedded:{name}", "seed": seed, "n_episodes": n,
                   "generator_version": GENERATOR_VERSION, "generation_seconds": round(seconds, 3)})
     if cache:
