@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
@@ -22,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dmm_kernels  # noqa: E402
 from baselines import paper_block, paper_scan  # noqa: E402
 from csv_out import write_rows  # noqa: E402
+from timing import median_ms  # noqa: E402
 from dmm_kernels import reference  # noqa: E402
 
 SHAPES = {  # DESIGN.md section 6
@@ -30,24 +29,6 @@ SHAPES = {  # DESIGN.md section 6
     "long": dict(batch=8, L=4096, d_model=1024, expand=2, d_state=16, window=6, dtype=torch.bfloat16),
 }
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-def _sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_ms(fn, device, reps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def peak_mib(fn, device):

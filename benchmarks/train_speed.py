@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 import dmm_kernels
 from csv_out import write_rows
+from timing import median_ms
 from dmm import build_model
 from dmm import action_loss
 
@@ -54,19 +54,7 @@ def measure(cfg, device, steps, warmup, B=64, S=11, A=3):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    median = times[len(times) // 2]
+    median = median_ms(step, device, steps, warmup) / 1e3
     return median, sum(p.numel() for p in model.parameters())
 
 
