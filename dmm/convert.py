@@ -17,6 +17,8 @@ import re
 
 import torch
 
+from dmm.model import DecisionMetaMamba
+
 MODALITIES = ("rtg", "obs", "act")  # the paper's names for modalities 0, 1, 2
 _SHARED = ("embed_return", "embed_state", "embed_action", "embed_ln")
 _SSM = ("in_proj", "x_proj", "dt_proj", "A_log", "D", "out_proj")
@@ -154,8 +156,6 @@ def to_paper(sd: dict, config: dict) -> dict:
 def load_paper_checkpoint(sd: dict, dtype=None, **overrides):
     """Build a DecisionMetaMamba holding the authors' weights, in `dtype` (default: the
     checkpoint's). overrides: DecisionMetaMamba kwargs a checkpoint does not hold (context_len...)."""
-    from dmm.model import DecisionMetaMamba
-
     ours, config = from_paper(sd)
     model = DecisionMetaMamba(**{**config, **overrides})
     model.to(sd["embed_ln.weight"].dtype if dtype is None else dtype)
