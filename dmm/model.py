@@ -19,8 +19,11 @@ class DecisionMetaMamba(nn.Module):
 
     forward(states (B,K,S), actions (B,K,A), returns_to_go (B,K,1), timesteps (B,K) long,
     attention_mask (B,K) bool) -> action predictions (B,K,A) in [-1, 1], one per state token.
-    faithful=True with preset "v2" shares one LayerNorm pair across layers, like the authors'
-    code; share_mixer=True shares one mixer across layers (their antmaze / kitchen setting).
+    faithful=True computes as the authors' code does: with preset "v2" one LayerNorm pair shared
+    across layers; with mixer "line" / "double-line" their v1 MultiModalLine, which slices output
+    channels (one matrix W[d] = W_(d mod 3)[d] for every token; dmm.nn.ModalMixer). Without it,
+    "line" is the per-token mixer of the paper's text. share_mixer=True shares one mixer across
+    layers (their antmaze / kitchen setting).
     """
 
     def __init__(self, state_dim, act_dim, d_model=128, n_layers=3, context_len=8, mixer=None,
