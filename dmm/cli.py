@@ -252,8 +252,13 @@ def cmd_info(args) -> int:
             print(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             print(f"{mod} not installed")
-    ext = getattr(dmm_kernels, "HAS_EXTENSION", False)
+    ext = dmm_kernels.HAS_EXTENSION
     print(f"compiled dmm_kernels extension: {'loaded' if ext else 'NOT loaded (pure-PyTorch reference path, slow)'}")
+    info = dmm_kernels.BUILD_INFO
+    if info:
+        print(f"{info['decision']}; built against torch {info['torch']}")
+    if not dmm_kernels.EXTENSION_LOADED:
+        print(f"  why not loaded: {dmm_kernels.EXTENSION_ERROR}")
     if os.environ.get("DMM_KERNELS_FORCE_REFERENCE"):
         print("DMM_KERNELS_FORCE_REFERENCE is set: the reference path is forced")
     cuda = torch.cuda.is_available()
