@@ -1,31 +1,47 @@
-"""Builds dmm_kernels._C: the C++ CPU kernels always, the CUDA kernels when torch has CUDA and
-nvcc is found (no GPU needed). Overrides: DMM_SKIP_CUDA_BUILD=1, DMM_FORCE_CUDA=1,
-TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), MAX_JOBS."""
+"""Builds dmm_kernels._C: the C++ CPU kernels always, the CUDA kernels when torch has CUDA and a
+usable CUDA toolkit is found (nvcc, headers and the libcudart the link needs; no GPU needed).
+Overrides: DMM_SKIP_CUDA_BUILD=1, DMM_FORCE_CUDA=1 (fails, naming what is missing, when it
+cannot), CUDA_HOME, TORCH_CUDA_ARCH_LIST (default "8.0;9.0"), MAX_JOBS, CXX.
+
+The decisions live in buildsys/toolchain.py; buildsys/dmm_build_backend.py makes `pip install .`
+build against the torch already installed in the target environment. The build records what it
+did in dmm_kernels/_build_info.json, which dmm_kernels reads at import (BUILD_INFO).
+"""
 import glob
+import json
 import os
 import sys
 
-import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(ROOT, "buildsys"))
+
+import toolchain  # noqa: E402  (buildsys/toolchain.py)
+
+METADATA_ONLY = bool({"egg_info", "sdist", "dist_info"} & set(sys.argv[1:]))
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise SystemExit(f"{toolchain.PREFIX} torch is not importable ({e}): install torch first "
+                         "(pip install torch), then pip install .") from e
+    return torch
 
 
-def _cuda_decision() -> tuple[bool, str]:
-    if _flag("DMM_SKIP_CUDA_BUILD"):
-        return False, "DMM_SKIP_CUDA_BUILD is set"
-    if _flag("DMM_FORCE_CUDA"):
-        return True, "DMM_FORCE_CUDA is set"
-    if torch.version.cuda is None:
-        return False, f"torch {torch.__version__} is a CPU build"
-    if CUDA_HOME is None:
-        return False, "no CUDA toolkit found (set CUDA_HOME to build the CUDA kernels)"
-    return True, f"torch {torch.__version__} has CUDA {torch.version.cuda}, toolkit at {CUDA_HOME}"
+def _decide(torch):
+    """The CUDA decision, its one line printed; CUDA_HOME set to the toolkit it chose (before
+    torch.utils.cpp_extension reads it)."""
+    try:
+        decision = toolchain.cuda_decision(torch.__version__, torch.version.cuda, os.environ)
+    except toolchain.BuildError as e:
+        raise SystemExit(str(e)) from e
+    print(decision.line(), flush=True)
+    if decision.cuda_home:
+        os.environ["CUDA_HOME"] = decision.cuda_home
+    return decision
 
 
 def _nvidia_include_dirs() -> list[str]:
@@ -37,32 +53,67 @@ def _nvidia_include_dirs() -> list[str]:
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
-def _extension():
-    with_cuda, why = _cuda_decision()
+def _build_options():
+    """(ext_modules, cmdclass) for setup(); none when only metadata or an sdist is asked for."""
+    if METADATA_ONLY:
+        return [], {}
+    torch = _import_torch()
+    decision = _decide(torch)
+    from torch.utils import cpp_extension
+
+    if decision.cuda_home:
+        cpp_extension.CUDA_HOME = decision.cuda_home  # in case it was imported before the choice
+
+    class BuildExt(cpp_extension.BuildExtension):
+        """Checks the C++ compiler first (an error naming what is missing, not a compiler
+        traceback), and records what was built next to the extension (_build_info.json)."""
+
+        def build_extensions(self):
+            try:
+                toolchain.check_cxx(os.environ)
+            except toolchain.BuildError as e:
+                raise SystemExit(str(e)) from e
+            super().build_extensions()
+            self._record(os.path.dirname(self.get_ext_fullpath("dmm_kernels._C")))
+
+        def copy_extensions_to_source(self):  # editable / --inplace builds
+            super().copy_extensions_to_source()
+            self._record(self.get_finalized_command("build_py").get_package_dir("dmm_kernels"))
+
+        @staticmethod
+        def _record(folder):
+            info = {"torch": torch.__version__, "cuda": decision.with_cuda,
+                    "decision": decision.line()}
+            with open(os.path.join(folder, "_build_info.json"), "w") as f:
+                json.dump(info, f, indent=1)
+
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/block/*.cpp"))
     cxx_flags = ["-O3", "-fopenmp"]  # torch adds the C++ standard it needs
     include_dirs = [os.path.join(ROOT, "csrc")]
-    if not with_cuda:
-        print(f"dmm_kernels build: CPU kernels only ({why})", flush=True)
-        return CppExtension("dmm_kernels._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    cmdclass = {"build_ext": BuildExt.with_options(use_ninja=True)}
+    if not decision.with_cuda:
+        ext = cpp_extension.CppExtension(
+            "dmm_kernels._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+        return [ext], cmdclass
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
-    print(f"dmm_kernels build: CPU + CUDA kernels ({why}); TORCH_CUDA_ARCH_LIST="
-          f"{os.environ['TORCH_CUDA_ARCH_LIST']}; {len(cuda_sources)} .cu files", flush=True)
+    print(f"{toolchain.PREFIX} TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}; "
+          f"{len(cuda_sources)} .cu files", flush=True)
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
                   "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                   "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
-    return CUDAExtension("dmm_kernels._C", sources + cuda_sources,
-                         include_dirs=include_dirs + _nvidia_include_dirs(),
-                         define_macros=[("WITH_CUDA", None)],
-                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-                         extra_link_args=["-fopenmp"])
+    ext = cpp_extension.CUDAExtension(
+        "dmm_kernels._C", sources + cuda_sources,
+        include_dirs=include_dirs + _nvidia_include_dirs(), define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"])
+    return [ext], cmdclass
 
 
+ext_modules, cmdclass = _build_options()
 setup(
     packages=find_packages(include=["dmm", "dmm.*", "dmm_kernels"]),
     package_data={"dmm": ["configs/*.yaml"]},
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
 )

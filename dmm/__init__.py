@@ -5,7 +5,9 @@ Light at import: only torch and dmm_kernels (data, training and plotting load on
 __version__ = "0.1.0"
 
 from dmm.baselines import DecisionTransformer
-from dmm.model import DecisionMetaMamba, RecurrentPolicy, action_loss, build_model
+from dmm.factory import build_model
+from dmm.loss import action_loss
+from dmm.model import DecisionMetaMamba, RecurrentPolicy
 from dmm.nn import MetaMambaBlock
 
 __all__ = [

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmm.model import N_TOKEN_TYPES, PAD_ACTION, left_pad_window
+from dmm.tokens import N_TOKEN_TYPES, PAD_ACTION, left_pad_window
 
 
 class CausalSelfAttention(nn.Module):

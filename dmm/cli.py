@@ -4,8 +4,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
+import time
 from pathlib import Path
+
+import numpy
+import torch
+
+import dmm_kernels
+from dmm import __version__
+from dmm.config import apply_overrides, available_configs, make_config, merge
+from dmm.data import embedded, load_dataset
+from dmm.data.d4rl import d4rl_cache_dir
+from dmm.evaluate import evaluate_checkpoint
+from dmm.train import train
 
 EPILOG_TRAIN = """\
 examples:
@@ -22,7 +35,6 @@ bundled configs: {configs}.
 
 
 def _configs() -> str:
-    from dmm.config import available_configs
     return ", ".join(available_configs())
 
 
@@ -136,8 +148,6 @@ def _flag_overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from dmm.config import apply_overrides, make_config, merge
-    from dmm.train import train
     changes = _flag_overrides(args)
     if args.resume:
         if args.config or args.model or args.mixer or args.overrides:
@@ -154,9 +164,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    import time
-    from dmm.config import apply_overrides, make_config, merge
-    from dmm.train import train
     changes = _flag_overrides(args)
     changes.get("train", {}).pop("out", None)
     parent = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -191,7 +198,6 @@ def _compare_table(results: dict) -> str:
 
 
 def cmd_eval(args) -> int:
-    from dmm.evaluate import evaluate_checkpoint
     target = None
     if args.target_return:
         target = args.target_return[0] if len(args.target_return) == 1 else args.target_return
@@ -211,14 +217,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_datasets(args) -> int:
-    from dmm import data
-    from dmm.data.d4rl import d4rl_cache_dir
-    names = _embedded_names(data)
+    names = list(embedded.DATASETS)
     print("embedded datasets (spec embedded:<name>):")
     for name in names:
         line = f"  {name}"
         if args.prepare:
-            ds = data.load_dataset(f"embedded:{name}")
+            ds = load_dataset(f"embedded:{name}")
             s = ds.summary()
             line += (f"  {s['episodes']} episodes, {s['steps']:,} steps, return "
                      f"{s['return_mean']:.1f} (env {s['env_id']})")
@@ -239,30 +243,8 @@ def cmd_datasets(args) -> int:
     return 0
 
 
-def _embedded_names(data) -> list[str]:
-    for attr in ("embedded_names", "list_embedded", "available_embedded"):
-        fn = getattr(data, attr, None)
-        if callable(fn):
-            return list(fn())
-    for attr in ("EMBEDDED", "EMBEDDED_DATASETS"):
-        table = getattr(data, attr, None)
-        if table is not None:
-            return list(table)
-    from dmm.data import embedded
-    for attr in ("EMBEDDED", "DATASETS", "EMBEDDED_DATASETS", "NAMES"):
-        table = getattr(embedded, attr, None)
-        if table is not None:
-            return list(table)
-    return []
-
-
 def cmd_info(args) -> int:
-    import platform
-    import numpy
-    import torch
-    import dmm
-    import dmm_kernels
-    print(f"dmm {dmm.__version__}  python {platform.python_version()}  torch {torch.__version__}  "
+    print(f"dmm {__version__}  python {platform.python_version()}  torch {torch.__version__}  "
           f"numpy {numpy.__version__}")
     for mod in ("gymnasium", "mujoco", "h5py", "minari"):
         try:
@@ -270,8 +252,13 @@ def cmd_info(args) -> int:
             print(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             print(f"{mod} not installed")
-    ext = getattr(dmm_kernels, "HAS_EXTENSION", False)
+    ext = dmm_kernels.HAS_EXTENSION
     print(f"compiled dmm_kernels extension: {'loaded' if ext else 'NOT loaded (pure-PyTorch reference path, slow)'}")
+    info = dmm_kernels.BUILD_INFO
+    if info:
+        print(f"{info['decision']}; built against torch {info['torch']}")
+    if not dmm_kernels.EXTENSION_LOADED:
+        print(f"  why not loaded: {dmm_kernels.EXTENSION_ERROR}")
     if os.environ.get("DMM_KERNELS_FORCE_REFERENCE"):
         print("DMM_KERNELS_FORCE_REFERENCE is set: the reference path is forced")
     cuda = torch.cuda.is_available()

@@ -10,12 +10,21 @@ v2 (arXiv 2602.19805, decision-model/models/decision_metamamba.py): model.ln_1 /
 Both: embed_return, embed_state, embed_action, embed_ln, predict_action.0 (Linear; .1 is Tanh).
 Ours: blocks.{i}.norm1 / mixer1 (weight (3, W, D) + bias (3, D), or (M, D, W*D)) / norm2 /
 mixer2 / in_proj / ..., ln_f, predict_action.
+
+The v1 line mixer: MultiModalLine slices its Linears' outputs with [:, :, m::3] on a (B, L, D)
+tensor, i.e. by output channel, so every token gets W[d] = W_(d mod 3)[d] (one matrix). The
+converter gives that matrix to all three modalities, which reproduces their forward exactly in
+either of our line mixers, and marks the model faithful=True, whose line mixer computes (and
+trains) their channel-sliced function. Exporting a per-token line model (faithful=False) is
+refused: their code has no such mixer.
 """
 from __future__ import annotations
 
 import re
 
 import torch
+
+from dmm.model import DecisionMetaMamba
 
 MODALITIES = ("rtg", "obs", "act")  # the paper's names for modalities 0, 1, 2
 _SHARED = ("embed_return", "embed_state", "embed_action", "embed_ln")
@@ -42,7 +51,10 @@ def _mixer_from_paper(sd: dict, prefix: str) -> tuple[dict, str] | None:
         b = [sd[f"{prefix}.{m}_conv1d.bias"] for m in MODALITIES]                 # (D,) each
         return {"weight": torch.stack(w), "bias": torch.stack(b)}, "conv"
     if f"{prefix}.rtg_lin.weight" in sd:
-        return {"weight": torch.stack([sd[f"{prefix}.{m}_lin.weight"] for m in MODALITIES])}, "line"
+        w = torch.stack([sd[f"{prefix}.{m}_lin.weight"] for m in MODALITIES])  # (3, D, W*D)
+        d = torch.arange(w.shape[1])
+        combined = w[d % len(MODALITIES), d]                                     # (D, W*D)
+        return {"weight": combined.expand_as(w).clone()}, "line"
     return None
 
 
@@ -100,7 +112,9 @@ def from_paper(sd: dict) -> tuple[dict, dict]:
         "window": w1.shape[1] if mixer.endswith("conv") else w1.shape[2] // d_model,
         "expand": out["blocks.0.in_proj.weight"].shape[0] // (2 * d_model),
         "d_state": out["blocks.0.A_log"].shape[1],
-        "faithful": v2,  # v2 shares ln_1 / ln_2 across layers: our faithful v2 model does too
+        # The authors' model, trained further as theirs: v2 shares ln_1 / ln_2 across layers,
+        # v1 line mixers are channel-sliced (for conv, faithful only changes the init).
+        "faithful": True,
     }
     return out, config
 
@@ -114,6 +128,10 @@ def to_paper(sd: dict, config: dict) -> dict:
     if mixer == "none":
         raise ValueError("convert.to_paper: mixer 'none' has no counterpart in the authors' code")
     kind = mixer.removeprefix("double-")
+    if kind == "line" and not v2 and not config.get("faithful"):
+        raise ValueError("convert.to_paper: a per-token 'line' mixer has no counterpart in the "
+                         "authors' v1 code, whose MultiModalLine slices output channels; build the "
+                         "model with faithful=True to train (and export) their function")
     out = {}
     for name in _SHARED:
         for p in ("weight", "bias"):
@@ -154,8 +172,6 @@ def to_paper(sd: dict, config: dict) -> dict:
 def load_paper_checkpoint(sd: dict, dtype=None, **overrides):
     """Build a DecisionMetaMamba holding the authors' weights, in `dtype` (default: the
     checkpoint's). overrides: DecisionMetaMamba kwargs a checkpoint does not hold (context_len...)."""
-    from dmm.model import DecisionMetaMamba
-
     ours, config = from_paper(sd)
     model = DecisionMetaMamba(**{**config, **overrides})
     model.to(sd["embed_ln.weight"].dtype if dtype is None else dtype)

@@ -17,15 +17,21 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import gymnasium as gym
 import numpy as np
 import torch
+
+from dmm.checkpoint import load_checkpoint, resolve_checkpoint_path
+from dmm.data import normalized_score
+from dmm.factory import build_model
+from dmm.model import DecisionMetaMamba
+from dmm.runtime import select_device, set_threads
 
 EVAL_MODES = ("window", "recurrent")
 
 
 def check_env(env_id: str | None) -> None:
     """Raise a ValueError saying what to do when env_id cannot be evaluated in."""
-    import gymnasium as gym
     if env_id is None:
         raise ValueError("this dataset names no Gymnasium environment to evaluate in (e.g. "
                          "AntMaze, whose D4RL layout has no Gymnasium counterpart); pass "
@@ -39,7 +45,6 @@ def check_env(env_id: str | None) -> None:
 
 def make_vector_env(env_id: str, n: int):
     """SyncVectorEnv of n copies of env_id (its default time limit applies)."""
-    import gymnasium as gym
     check_env(env_id)
     return gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(n)])
 
@@ -60,7 +65,7 @@ def run_episodes(model: torch.nn.Module, env_id: str, *, episodes: int, target_r
     fed and the model's actions."""
     if mode not in EVAL_MODES:
         raise ValueError(f"mode must be one of {EVAL_MODES}; got {mode!r}")
-    if mode == "recurrent" and not _has_recurrent_form(model):
+    if mode == "recurrent" and not isinstance(model, DecisionMetaMamba):
         raise ValueError(f"mode 'recurrent' needs a DecisionMetaMamba; {type(model).__name__} has "
                          f"no recurrent form (a Transformer re-reads its window): use --mode window")
     device = torch.device(device)
@@ -100,11 +105,6 @@ def run_episodes(model: torch.nn.Module, env_id: str, *, episodes: int, target_r
         if own_envs:
             envs.close()
         model.train(was_training)
-
-
-def _has_recurrent_form(model) -> bool:
-    from dmm.model import DecisionMetaMamba
-    return isinstance(model, DecisionMetaMamba)
 
 
 class _WindowStepper:
@@ -150,7 +150,6 @@ class _RecurrentStepper:
 def normalize(info: dict, returns: np.ndarray):
     """Normalized scores via dmm.data.normalized_score; the checkpoint's stored reference
     returns are used when the name alone is not recognised. None when neither exists."""
-    from dmm.data import normalized_score
     try:
         return np.asarray(normalized_score(info["name"], returns), dtype=np.float64)
     except (ValueError, KeyError):
@@ -206,8 +205,6 @@ def evaluate_model(model, dataset_info: dict, *, state_mean, state_std, reward_s
 
 def load_policy(checkpoint, device="cpu"):
     """(model in eval mode, checkpoint dict) from a checkpoint file or run folder."""
-    from dmm import build_model
-    from dmm.checkpoint import load_checkpoint
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])
@@ -219,8 +216,6 @@ def evaluate_checkpoint(checkpoint, *, episodes: int | None = None, mode: str | 
                         device: str = "auto", out: str | os.PathLike | None = None) -> dict:
     """Re-evaluate a saved model; None arguments take the run's eval config. Writes the
     results JSON (default: <run>/eval-<mode>.json) and returns the results dict."""
-    from dmm.checkpoint import resolve_checkpoint_path
-    from dmm.train import select_device, set_threads
     dev = select_device(device)
     model, ckpt = load_policy(checkpoint, dev)
     set_threads(ckpt["config"]["train"].get("threads"))

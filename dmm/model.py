@@ -11,44 +11,7 @@ import torch
 from torch import nn
 
 from dmm.nn import PRESETS, MetaMambaBlock
-
-N_TOKEN_TYPES = 3  # R_t, s_t, a_t: token 3t + m has modality m
-PAD_ACTION = -10.0  # the action value of padded steps, in training and in window_action
-
-
-def action_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None):
-    """Mean squared error over the valid steps. pred, target (B, K, A); mask (B, K) bool."""
-    if pred.shape != target.shape:
-        raise ValueError(f"action_loss: pred {tuple(pred.shape)} and target "
-                         f"{tuple(target.shape)} differ")
-    err = (pred.float() - target.float()).square()                      # (B, K, A), fp32 under autocast
-    if mask is None:
-        return err.mean()
-    if mask.shape != pred.shape[:2]:
-        raise ValueError(f"action_loss: mask must be {tuple(pred.shape[:2])}; got {tuple(mask.shape)}")
-    keep = mask.to(torch.bool)
-    n = keep.sum() * pred.shape[-1]
-    return (err * keep[..., None]).sum() / n.clamp(min=1)
-
-
-def left_pad_window(context_len, states, actions, returns_to_go, timesteps=None, mask=None,
-                    pad_action=PAD_ACTION):
-    """The last `context_len` steps of right-aligned histories (B, T, ...), left padded the way
-    SegmentSampler pads when T < context_len. Returns (states, actions, rtg, timesteps, mask)."""
-    B, T = states.shape[:2]
-    if T < 1:
-        raise ValueError("window_action: the history must hold at least the current step")
-    if timesteps is None:
-        timesteps = torch.zeros(B, T, dtype=torch.long, device=states.device)
-    if mask is None:
-        mask = torch.ones(B, T, dtype=torch.bool, device=states.device)
-    K = context_len
-    seq = [states[:, -K:], actions[:, -K:], returns_to_go[:, -K:], timesteps[:, -K:], mask[:, -K:]]
-    pad = K - seq[0].shape[1]
-    if pad > 0:
-        fill = [0.0, pad_action, 0.0, 0, False]
-        seq = [torch.cat([x.new_full((B, pad, *x.shape[2:]), v), x], dim=1) for x, v in zip(seq, fill)]
-    return tuple(seq)
+from dmm.tokens import N_TOKEN_TYPES, PAD_ACTION, left_pad_window
 
 
 class DecisionMetaMamba(nn.Module):
@@ -56,8 +19,11 @@ class DecisionMetaMamba(nn.Module):
 
     forward(states (B,K,S), actions (B,K,A), returns_to_go (B,K,1), timesteps (B,K) long,
     attention_mask (B,K) bool) -> action predictions (B,K,A) in [-1, 1], one per state token.
-    faithful=True with preset "v2" shares one LayerNorm pair across layers, like the authors'
-    code; share_mixer=True shares one mixer across layers (their antmaze / kitchen setting).
+    faithful=True computes as the authors' code does: with preset "v2" one LayerNorm pair shared
+    across layers; with mixer "line" / "double-line" their v1 MultiModalLine, which slices output
+    channels (one matrix W[d] = W_(d mod 3)[d] for every token; dmm.nn.ModalMixer). Without it,
+    "line" is the per-token mixer of the paper's text. share_mixer=True shares one mixer across
+    layers (their antmaze / kitchen setting).
     """
 
     def __init__(self, state_dim, act_dim, d_model=128, n_layers=3, context_len=8, mixer=None,
@@ -167,7 +133,7 @@ class RecurrentPolicy:
 
     def __init__(self, model: DecisionMetaMamba, batch: int, dtype=None):
         self.model, self.batch = model, batch
-        self.caches = [blk.allocate_inference_cache(batch, dtype) for blk in model.blocks]
+        self.caches = [blk.allocate_inference_cache(batch, dtype=dtype) for blk in model.blocks]
         self.t = 0
         self._pending_timesteps = None
         self._awaiting_action = False
@@ -176,18 +142,15 @@ class RecurrentPolicy:
         """Start new episodes: all of them, or the rows where `done` (B,) is True. Rows restart
         from zero caches, which is exactly a fresh sequence (inputs before token 0 are zero);
         only the modality phase is shared, and it stays aligned since all rows step together."""
-        if done is None:
-            for cache in self.caches:
-                for v in cache.values():
-                    if v is not None:
-                        v.zero_()
-            self.t, self._awaiting_action = 0, False
-            return
-        rows = done.to(torch.bool)
+        rows = slice(None) if done is None else done.to(torch.bool)
         for cache in self.caches:
             for v in cache.values():
-                if v is not None:
+                if isinstance(v, torch.Tensor):
                     v[rows] = 0
+            if done is None:
+                cache["position"] = 0
+        if done is None:
+            self.t, self._awaiting_action = 0, False
 
     def _feed(self, token: torch.Tensor, position: int) -> torch.Tensor:
         h = self.model.drop(self.model.embed_ln(token))                  # (B, D)
@@ -225,15 +188,3 @@ class RecurrentPolicy:
                    N_TOKEN_TYPES * self.t + 2)
         self.t += 1
         self._awaiting_action = False
-
-
-def build_model(config: dict) -> nn.Module:
-    """Rebuild a model from its .config: config["model"] is "dmm" (default) or "dt"."""
-    kwargs = dict(config)
-    kind = kwargs.pop("model", "dmm")
-    if kind == "dmm":
-        return DecisionMetaMamba(**kwargs)
-    if kind == "dt":
-        from dmm.baselines import DecisionTransformer
-        return DecisionTransformer(**kwargs)
-    raise ValueError(f"build_model: config['model'] must be 'dmm' or 'dt'; got {kind!r}")

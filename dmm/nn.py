@@ -36,16 +36,26 @@ class ModalMixer(nn.Module):
     kind "conv": depthwise, weight (M, W, dim), bias (M, dim).
     kind "line": dense over the window, weight (M, dim, W*dim) (column k*dim + d, k = 0 the
     oldest token), no bias. "dense" (v2) is "line" with M = 1.
+    channel_sliced (kind "line" only): what the authors' v1 MultiModalLine computes. It slices
+    the outputs of its M Linears with [:, :, m::M] on a (B, L, dim) tensor, i.e. by output
+    CHANNEL, so every token gets channel d from the Linear of modality d % M: one matrix
+    W[d] = weight[d % M, d] shared by all tokens. The weight keeps their M matrices (their
+    parameters, gradients and weight decay, rows outside the slice unused).
     """
 
-    def __init__(self, dim, kind="conv", window=6, n_modalities=3, device=None, dtype=None):
+    def __init__(self, dim, kind="conv", window=6, n_modalities=3, channel_sliced=False,
+                 device=None, dtype=None):
         super().__init__()
         if kind not in ("conv", "line"):
             raise ValueError(f"ModalMixer: kind must be 'conv' or 'line'; got {kind!r}")
         if window < 1:
             raise ValueError(f"ModalMixer: window must be >= 1; got {window}")
+        if channel_sliced and kind != "line":
+            raise ValueError("ModalMixer: channel_sliced is the authors' line mixer; kind must be "
+                             f"'line', got {kind!r}")
         factory = {"device": device, "dtype": dtype}
         self.dim, self.kind, self.window, self.n_modalities = dim, kind, window, n_modalities
+        self.channel_sliced = channel_sliced
         if kind == "conv":
             self.weight = nn.Parameter(torch.empty(n_modalities, window, dim, **factory))
             self.bias = nn.Parameter(torch.empty(n_modalities, dim, **factory))
@@ -73,12 +83,22 @@ class ModalMixer(nn.Module):
                 bound = 1.0 / math.sqrt(self.window * self.dim)
                 self.weight.uniform_(-bound, bound)
 
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """(weight, bias, n_modalities) as the op computes them. channel_sliced: the one matrix
+        W[d] = weight[d % M, d] for every token, (1, dim, W*dim) (gradients reach only those rows)."""
+        if not self.channel_sliced:
+            return self.weight, self.bias, self.n_modalities
+        d = torch.arange(self.dim, device=self.weight.device)
+        return self.weight[d % self.n_modalities, d][None], None, 1
+
     def forward(self, u: torch.Tensor, phase: int = 0) -> torch.Tensor:
-        return dmm_kernels.modal_mix(u, self.weight, self.bias, kind=self.kind,
-                                     n_modalities=self.n_modalities, phase=phase)
+        weight, bias, n_modalities = self.effective()
+        return dmm_kernels.modal_mix(u, weight, bias, kind=self.kind, n_modalities=n_modalities,
+                                     phase=phase % n_modalities)
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, kind={self.kind}, window={self.window}, n_modalities={self.n_modalities}"
+        return (f"{self.dim}, kind={self.kind}, window={self.window}, "
+                f"n_modalities={self.n_modalities}, channel_sliced={self.channel_sliced}")
 
 
 class MetaMambaBlock(nn.Module):
@@ -87,10 +107,19 @@ class MetaMambaBlock(nn.Module):
     mixer: conv | line | double-conv | double-line | dense | none (None: the preset's).
     preset "v1": expand 2, no residual around the SSM (double mixers always have one);
     preset "v2": mixer "dense", expand 1, residual around the SSM. Arguments given explicitly
-    override the preset. faithful=True initialises like the paper's code (every Linear inside
-    the block N(0, 0.02) with zero bias, which zeroes dt_proj.bias too); the quirks that span
-    layers (shared LayerNorms / mixer) belong to DecisionMetaMamba.
+    override the preset. faithful=True computes and initialises like the authors' code: every
+    Linear inside the block N(0, 0.02) with zero bias (which zeroes dt_proj.bias too), and the
+    "line" / "double-line" mixers as their v1 MultiModalLine really computes (channel-sliced,
+    see ModalMixer). Without faithful, "line" is the per-token mixer of the paper's text:
+    token i uses the matrix of its own modality i % 3. The quirks that span layers (shared
+    LayerNorms / mixer) belong to DecisionMetaMamba.
     Token 0 of every sequence given to forward() has modality 0 (a return-to-go token).
+
+    Inference follows mamba_ssm.Mamba: forward(hidden_states, inference_params) with
+    mamba-ssm's InferenceParams (this block's cache lives in key_value_memory_dict[layer_idx];
+    seqlen_offset 0 runs the prompt in parallel, later calls continue one token at a time),
+    or step(hidden_states, cache) on a cache from allocate_inference_cache, which keeps its
+    own position.
     """
 
     def __init__(self, d_model, mixer=None, preset="v1", window=6, n_modalities=3, expand=None,
@@ -131,15 +160,19 @@ class MetaMambaBlock(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.d_conv, self.layer_idx = d_conv, layer_idx
         self.kind = "line" if mixer == "dense" else mixer.removeprefix("double-")
+        # The authors' v1 line mixer (faithful): one channel-sliced matrix, so the op sees M = 1.
+        sliced = faithful and self.kind == "line" and self.n_modalities > 1
+        self.op_n_modalities = 1 if sliced else self.n_modalities
 
         self.norm1 = nn.LayerNorm(d_model, eps=eps, **factory)
         if mixer == "none":
             self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, bias=True, **factory)
         else:
-            self.mixer1 = ModalMixer(d_model, self.kind, window, self.n_modalities, **factory)
+            self.mixer1 = ModalMixer(d_model, self.kind, window, self.n_modalities, sliced, **factory)
             self.norm2 = nn.LayerNorm(d_model, eps=eps, **factory)
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False, **factory)
-        self.mixer2 = ModalMixer(E, self.kind, window, self.n_modalities, **factory) if double else None
+        self.mixer2 = (ModalMixer(E, self.kind, window, self.n_modalities, sliced, **factory)
+                       if double else None)
         self.x_proj = nn.Linear(E, R + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(R, E, bias=True, **factory)
         self.A_log = nn.Parameter(torch.empty(E, d_state, **factory))
@@ -187,76 +220,150 @@ class MetaMambaBlock(nn.Module):
 
     # ---- the op's view of the parameters -------------------------------------------------------
     def kernel_params(self) -> dict:
-        """The parameters under the argument names of dmm_kernels.metamamba_block / _step."""
+        """The parameters under the argument names of dmm_kernels.metamamba_block / _step
+        (mixer weights as the op computes them, see ModalMixer.effective)."""
         if self.mixer == "none":
             raise RuntimeError("MetaMambaBlock(mixer='none') does not use the fused block op")
+        w1, b1, _ = self.mixer1.effective()
+        w2, b2, _ = self.mixer2.effective() if self.mixer2 is not None else (None, None, None)
         return {
             "norm1_weight": self.norm1.weight, "norm1_bias": self.norm1.bias,
-            "mixer1_weight": self.mixer1.weight, "mixer1_bias": self.mixer1.bias,
+            "mixer1_weight": w1, "mixer1_bias": b1,
             "norm2_weight": self.norm2.weight, "norm2_bias": self.norm2.bias,
-            "in_proj_weight": self.in_proj.weight,
-            "mixer2_weight": None if self.mixer2 is None else self.mixer2.weight,
-            "mixer2_bias": None if self.mixer2 is None else self.mixer2.bias,
+            "in_proj_weight": self.in_proj.weight, "mixer2_weight": w2, "mixer2_bias": b2,
             "x_proj_weight": self.x_proj.weight,
             "dt_proj_weight": self.dt_proj.weight, "dt_proj_bias": self.dt_proj.bias,
             "A_log": self.A_log, "D": self.D, "out_proj_weight": self.out_proj.weight,
         }
 
-    # ---- sequence and step ---------------------------------------------------------------------
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.dim() != 3 or h.shape[-1] != self.d_model:
-            raise ValueError(f"MetaMambaBlock: h must be (batch, length, {self.d_model}); "
-                             f"got {tuple(h.shape)}")
-        if self.mixer == "none":
-            return self._mamba_forward(h)
-        return dmm_kernels.metamamba_block(h, self.kernel_params(), mixer=self.mixer,
-                                           n_modalities=self.n_modalities,
-                                           residual_ssm=self.residual_ssm, eps=self.eps)
+    def kernel_config(self) -> dict:
+        """The non-tensor arguments of dmm_kernels.metamamba_block / _prefill / _step."""
+        return {"mixer": self.mixer, "n_modalities": self.op_n_modalities,
+                "residual_ssm": self.residual_ssm, "eps": self.eps}
 
-    def allocate_inference_cache(self, batch: int, dtype=None) -> dict:
-        """Zero cache for step(): mixer caches in `dtype` (default: the weights'), SSM state fp32."""
+    # ---- sequence ------------------------------------------------------------------------------
+    def forward(self, hidden_states: torch.Tensor, inference_params=None) -> torch.Tensor:
+        """hidden_states (B, L, D) -> (B, L, D). inference_params: mamba-ssm's InferenceParams
+        (or any object with its key_value_memory_dict and seqlen_offset): at seqlen_offset 0
+        the prompt runs in parallel and this layer's cache is stored under layer_idx; at a
+        later offset the tokens continue from that cache, one step each."""
+        h = hidden_states
+        if h.dim() != 3 or h.shape[-1] != self.d_model:
+            raise ValueError(f"MetaMambaBlock: hidden_states must be (batch, length, "
+                             f"{self.d_model}); got {tuple(h.shape)}")
+        if inference_params is None:
+            if self.mixer == "none":
+                return self._mamba_forward(h)[0]
+            return dmm_kernels.metamamba_block(h, self.kernel_params(), **self.kernel_config())
+        cache = self._cache_from(inference_params, h)
+        offset = int(inference_params.seqlen_offset)
+        if offset == 0:
+            return self._prefill(h, cache)
+        return torch.stack([self.step(h[:, i], cache, position=offset + i)
+                            for i in range(h.shape[1])], dim=1)
+
+    def _prefill(self, h: torch.Tensor, cache: dict) -> torch.Tensor:
+        """The prompt h (B, L, D) in parallel; leaves `cache` as after stepping through it."""
+        if self.mixer == "none":
+            out, states = self._mamba_forward(h, with_states=True)
+        else:
+            with torch.no_grad():
+                out, states = dmm_kernels.metamamba_prefill(h, self.kernel_params(),
+                                                            **self.kernel_config())
+        for key, value in states.items():
+            if value is not None:
+                cache[key].copy_(value)
+        cache["position"] = h.shape[1]
+        return out
+
+    def _cache_from(self, inference_params, h: torch.Tensor) -> dict:
+        """This layer's cache in inference_params.key_value_memory_dict, allocated on first use."""
+        if self.layer_idx is None:
+            raise ValueError("MetaMambaBlock: forward(..., inference_params) needs the block's "
+                             "layer_idx (its key in key_value_memory_dict); build it with "
+                             "layer_idx=i")
+        caches = inference_params.key_value_memory_dict
+        if self.layer_idx not in caches:
+            caches[self.layer_idx] = self.allocate_inference_cache(
+                h.shape[0], getattr(inference_params, "max_seqlen", None))
+        cache = caches[self.layer_idx]
+        if cache["ssm_state"].shape[0] != h.shape[0]:
+            raise ValueError(f"MetaMambaBlock: the cache of layer {self.layer_idx} holds batch "
+                             f"{cache['ssm_state'].shape[0]} but hidden_states has batch "
+                             f"{h.shape[0]}; allocate it with batch_size={h.shape[0]}")
+        return cache
+
+    # ---- one token -----------------------------------------------------------------------------
+    def allocate_inference_cache(self, batch_size: int, max_seqlen: int | None = None, dtype=None,
+                                 **kwargs) -> dict:
+        """Zero cache for step() (mamba_ssm.Mamba's signature; max_seqlen is not needed: the
+        state is O(1)). Mixer windows (or the conv state for mixer "none") in `dtype` (default:
+        the weights'), the SSM state in fp32 (fp64 for fp64), and "position": the index of
+        the next token, which step() advances."""
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
         device = self.in_proj.weight.device
         if self.mixer == "none":
-            return {
-                "conv_state": torch.zeros(batch, self.d_inner, self.d_conv - 1, dtype=dtype,
+            cache = {
+                "conv_state": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, dtype=dtype,
                                           device=device),
-                "ssm_state": torch.zeros(batch, self.d_inner, self.d_state,
+                "ssm_state": torch.zeros(batch_size, self.d_inner, self.d_state,
                                          dtype=_state_dtype(dtype), device=device),
             }
-        return dmm_kernels.allocate_step_cache(batch, self.kernel_params(), self.mixer, dtype, device)
+        else:
+            cache = dmm_kernels.allocate_step_cache(batch_size, self.kernel_params(), self.mixer,
+                                                    dtype, device)
+        cache["position"] = 0
+        return cache
 
-    def step(self, h_t: torch.Tensor, cache: dict, position: int) -> torch.Tensor:
-        """One token h_t (B, D) at index `position` of the token sequence (its modality is
-        position % n_modalities); updates `cache` in place and returns (B, D)."""
+    def step(self, hidden_states: torch.Tensor, cache: dict, position: int | None = None
+             ) -> torch.Tensor:
+        """One token: hidden_states (B, 1, D) -> (B, 1, D), or (B, D) -> (B, D). `cache` (from
+        allocate_inference_cache) is updated in place. position: the token's index in the
+        sequence (its modality is position % n_modalities); default the cache's own, and the
+        cache's position becomes position + 1."""
+        h_t = hidden_states
+        one_token_seq = h_t.dim() == 3 and h_t.shape[1] == 1
+        if one_token_seq:
+            h_t = h_t[:, 0]
         if h_t.dim() != 2 or h_t.shape[-1] != self.d_model:
-            raise ValueError(f"MetaMambaBlock.step: h_t must be (batch, {self.d_model}); "
-                             f"got {tuple(h_t.shape)}")
+            raise ValueError(f"MetaMambaBlock.step: hidden_states must be one token, (batch, 1, "
+                             f"{self.d_model}) or (batch, {self.d_model}); got "
+                             f"{tuple(hidden_states.shape)}")
+        position = cache.get("position", 0) if position is None else int(position)
         if self.mixer == "none":
-            return self._mamba_step(h_t, cache)
-        return dmm_kernels.metamamba_step(h_t, cache, self.kernel_params(), mixer=self.mixer,
-                                          n_modalities=self.n_modalities,
-                                          residual_ssm=self.residual_ssm, eps=self.eps,
-                                          position=position)
+            out = self._mamba_step(h_t, cache)
+        else:
+            out = dmm_kernels.metamamba_step(h_t, cache, self.kernel_params(),
+                                             position=position, **self.kernel_config())
+        cache["position"] = position + 1
+        return out[:, None] if one_token_seq else out
 
     # ---- mixer="none": Decision Mamba's block ----------------------------------------------------
     def _ssm_params(self):
         st = _state_dtype(self.A_log.dtype)
         return -torch.exp(self.A_log.to(st)), self.D.to(st), self.dt_proj.bias.to(st)
 
-    def _mamba_forward(self, h: torch.Tensor) -> torch.Tensor:
+    def _mamba_forward(self, h: torch.Tensor, with_states: bool = False):
+        """h (B, L, D) -> (h + Mamba(LN(h)), states): with_states, the step cache after the
+        sequence (conv_state: the last d_conv-1 conv inputs; ssm_state), else None."""
         L, E, N, R = h.shape[1], self.d_inner, self.d_state, self.dt_rank
-        x, z = self.in_proj(self.norm1(h)).chunk(2, dim=-1)              # (B, L, E) each
-        x = F.conv1d(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias,
-                     padding=self.d_conv - 1, groups=E)[..., :L]         # (B, E, L) causal
+        x_in, z = self.in_proj(self.norm1(h)).chunk(2, dim=-1)           # (B, L, E) each
+        x_in = x_in.transpose(1, 2)                                      # (B, E, L)
+        x = F.conv1d(x_in, self.conv1d.weight, self.conv1d.bias, padding=self.d_conv - 1,
+                     groups=E)[..., :L]                                  # (B, E, L) causal
         x = F.silu(x)
         dt_low, Bc, Cc = self.x_proj(x.transpose(1, 2)).split([R, N, N], dim=-1)
         delta = (dt_low @ self.dt_proj.weight.T).transpose(1, 2)         # (B, E, L), no bias
         A, Dskip, dt_bias = self._ssm_params()
-        y = dmm_kernels.selective_scan(
+        y, last_state = dmm_kernels.selective_scan(
             x, delta, A, Bc.transpose(1, 2).contiguous(), Cc.transpose(1, 2).contiguous(),
-            D=Dskip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True)  # (B, E, L)
-        return h + self.out_proj(y.transpose(1, 2))
+            D=Dskip, z=z.transpose(1, 2), delta_bias=dt_bias, delta_softplus=True,
+            return_last_state=True)                                      # (B, E, L)
+        out = h + self.out_proj(y.transpose(1, 2))
+        if not with_states:
+            return out, None
+        conv_state = F.pad(x_in, (self.d_conv - 1, 0))[..., L:]          # (B, E, d_conv-1)
+        return out, {"conv_state": conv_state, "ssm_state": last_state}
 
     def _mamba_step(self, h_t: torch.Tensor, cache: dict) -> torch.Tensor:
         N, R = self.d_state, self.dt_rank

@@ -1,8 +1,12 @@
-"""Learning-curve PNG from a run's metrics.csv (matplotlib, Agg backend: no display needed)."""
+"""Learning-curve PNG from a run's metrics.csv (matplotlib's Agg canvas: no display, and no
+global pyplot backend switched for the importing program)."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def _column(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -12,14 +16,12 @@ def _column(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str | None = None) -> Path:
     """Training loss (left) and evaluation score with its std band (right) against step."""
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
     metrics_csv, out_png = Path(metrics_csv), Path(out_png)
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_eval = fig.subplots(1, 2)
     steps, loss = _column(rows, "loss")
     ax_loss.plot(steps, loss, lw=1.2)
     ax_loss.set(xlabel="step", ylabel="action MSE", title="training loss")
@@ -45,6 +47,5 @@ def plot_learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(out_png)
     return out_png

@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,33 +34,23 @@ from typing import Callable
 import numpy as np
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from dmm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dmm.config import RESUMABLE_KEYS, model_config, resolve_config
-from dmm.model import action_loss
+from dmm.data import SegmentSampler, load_dataset
+from dmm.evaluate import check_env, evaluate_model, normalize
+from dmm.factory import build_model
+from dmm.loss import action_loss
+from dmm.plots import plot_learning_curve
+from dmm.runtime import DistInfo, barrier, init_distributed, select_device, set_threads
 
 
 # ----------------------------------------------------------------------------- helpers
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """A 63-bit seed that depends on (seed, step, rank) only."""
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def select_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is "
-                               "False; use --device cpu")
-        if name == "cuda":
-            name = f"cuda:{local_rank}"
-    return torch.device(name)
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -128,40 +119,7 @@ class _DeferredInterrupt:
 
 
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
-
-
-# ----------------------------------------------------------------------------- distributed
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> DistInfo:
-    """Read torchrun's environment; start the process group when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if world > 1:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
-            if cuda:
-                torch.cuda.set_device(info.local_rank)
-            dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return info
-
-
-def _barrier(dist_info: DistInfo) -> None:
-    if dist_info.world_size > 1:
-        import torch.distributed as dist
-        dist.barrier()
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -210,9 +168,6 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     folder / checkpoint `resume` (then `config` holds only the allowed changes, e.g.
     {"train": {"steps": 20000}}). `callback(step, info)` runs after every completed step
     (tests use it to interrupt). Returns a TrainResult; on Ctrl-C saves and re-raises."""
-    from dmm import build_model
-    from dmm.data import SegmentSampler, load_dataset
-
     t_start = time.time()
     ckpt = None
     if resume is not None:
@@ -235,7 +190,6 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
         state_mean, state_std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
     reward_scale = float(cfg["data"]["reward_scale"])
     if ec["episodes"] > 0 and dist_info.is_main:
-        from dmm.evaluate import check_env
         check_env(getattr(dataset, "env_id", None))  # fail now, not after hours of training
 
     mcfg = ckpt["model_config"] if ckpt is not None else model_config(cfg, dataset)
@@ -260,7 +214,6 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
 
     ddp_model = model
     if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
         ddp_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -282,7 +235,6 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     def run_eval() -> dict | None:
         if not dist_info.is_main or ec["episodes"] <= 0:
             return None
-        from dmm.evaluate import evaluate_model
         return evaluate_model(model, dataset_info, state_mean=state_mean, state_std=state_std,
                               reward_scale=reward_scale, episodes=ec["episodes"],
                               target_return=ec["target_return"], mode=ec["mode"],
@@ -347,7 +299,7 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
                                   f"± {res['score_std']:.1f}")
                         _plot(run_dir)
                     model.train()
-                    _barrier(dist_info)
+                    barrier(dist_info)
                 if step % tc["checkpoint_every"] == 0:
                     checkpoint()
                 if callback is not None:
@@ -384,7 +336,7 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
         if dataset_score is not None:
             log(f"dataset average normalized return: {dataset_score:.1f}")
         log(f"done in {elapsed:.0f} s; run folder {run_dir}")
-    _barrier(dist_info)
+    barrier(dist_info)
     return TrainResult(run_dir, model, step, final, dataset_score, time.time() - t_start,
                        interrupted, history)
 
@@ -448,7 +400,6 @@ def _dataset_info(dataset, cfg: dict) -> dict:
 
 
 def _dataset_score(dataset, info: dict) -> float | None:
-    from dmm.evaluate import normalize
     scores = normalize(info, np.asarray(dataset.episode_returns(), dtype=np.float64))
     return None if scores is None else float(np.mean(scores))
 
@@ -469,13 +420,11 @@ def _write_results(run_dir: Path, final: dict | None, dataset_score, step: int, 
 
 def _plot(run_dir: Path) -> None:
     try:
-        from dmm.plots import plot_learning_curve
         plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
     except Exception as e:  # a plotting failure must never lose a training run
         print(f"warning: could not draw the learning curve: {e}", file=sys.stderr)
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train",
                 dynamic_ncols=True, mininterval=1.0)

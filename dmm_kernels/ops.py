@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import torch
 
-import dmm_kernels
-from dmm_kernels import reference
+from dmm_kernels import _extension, reference
 
 # Parameters kept in fp32 under autocast: the scan accumulates its state from them.
 _FP32_PARAMS = ("A_log", "D", "dt_proj_bias")
@@ -28,13 +27,23 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                    return_last_state=False):
     """Selective scan with mamba-ssm's `selective_scan_fn` signature and semantics.
 
-    u, delta, z: (batch, E, L); A: (E, N) real, fp32; B, C: (batch, N, L) or (batch, G, N, L);
-    D, delta_bias: (E,) fp32. Returns out (batch, E, L) in u's dtype, and with
-    return_last_state also the final state (batch, E, N) in fp32 (not differentiable).
+    u, delta, z: (batch, E, L); A: (E, N) real, fp32; B, C: each constant (E, N),
+    (batch, N, L) or (batch, G, N, L); D, delta_bias: (E,) fp32. Returns out (batch, E, L) in
+    u's dtype, and with return_last_state also the final state (batch, E, N) in fp32 (not
+    differentiable). Complex A / B / C (mamba-ssm's complex mode) raise a ValueError.
+
+    The compiled kernels take B and C in the (batch, N, L) / (batch, G, N, L) layouts; a
+    constant B or C reaches them as B and C both expanded to one row per channel
+    (batch, E, N, L), and autograd sums the expanded gradient back to (E, N).
     """
-    if not dmm_kernels.HAS_EXTENSION:
+    reference.check_real(A, B, C)
+    if not _extension.HAS_EXTENSION:
         return reference.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                             return_last_state)
+    if B.dim() == 2 or C.dim() == 2:
+        batch, _, L = u.shape
+        B = reference.bc_per_channel(B, "B", A, batch, L)            # (batch, E, N, L)
+        C = reference.bc_per_channel(C, "C", A, batch, L)            # (batch, E, N, L)
     out, last_state = torch.ops.dmm.selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
                                                       delta_softplus)
     return (out, last_state) if return_last_state else out
@@ -65,7 +74,7 @@ def modal_mix(u, weight, bias=None, kind="conv", n_modalities=3, phase=0):
     kind "line": weight (M, D_out, W*D) (column k*D + d, k = 0 oldest), bias (M, D_out).
     Returns (batch, L, D_out) in u's dtype.
     """
-    if not dmm_kernels.HAS_EXTENSION:
+    if not _extension.HAS_EXTENSION:
         return reference.modal_mix_ref(u, weight, bias, kind, n_modalities, phase)
     return torch.ops.dmm.modal_mix_fwd(u, weight, bias, kind, n_modalities, phase)
 
@@ -113,7 +122,7 @@ def metamamba_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
     The block adds the residual h1 around the SSM when residual_ssm or for the double mixers.
     """
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
-    if not dmm_kernels.HAS_EXTENSION:
+    if not _extension.HAS_EXTENSION:
         return reference.metamamba_block_ref(h, params, mixer, n_modalities, residual_ssm, eps)
     compute_dtype = _autocast_dtype(h)
     if compute_dtype is not None:
@@ -134,6 +143,16 @@ def _block_backward(ctx, dout):
     return tuple(_none_if_absent(g, x) for g, x in zip(grads, inputs)) + (None,) * len(ctx.config)
 
 
+def metamamba_prefill(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
+    """The block over a whole prompt h (batch, L, D), returning (out (batch, L, D), cache): the
+    step cache after token L-1 (allocate_step_cache's layout), from which metamamba_step
+    continues at position L. Parallel over the prompt: the ops modal_mix and selective_scan
+    (return_last_state) composed, not L steps. Inference only (use metamamba_block to train)."""
+    with torch.no_grad():
+        return reference.block_composite(h, params, mixer, n_modalities, residual_ssm, eps,
+                                         mix=modal_mix, scan=selective_scan)
+
+
 def allocate_step_cache(batch, params, mixer="conv", dtype=torch.float32, device="cpu"):
     """Zero inference cache for metamamba_step: mixer windows and the fp32 SSM state."""
     return reference.allocate_step_cache_ref(batch, params, mixer, dtype, device)
@@ -147,7 +166,7 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
     Stepping a whole sequence from a zero cache equals metamamba_block on it.
     """
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
-    if not dmm_kernels.HAS_EXTENSION:
+    if not _extension.HAS_EXTENSION:
         out, new_cache = reference.metamamba_step_ref(h_t, cache, params, mixer, n_modalities,
                                                       residual_ssm, eps, position)
         for key, value in new_cache.items():
@@ -220,5 +239,5 @@ def _register():
                                     setup_context=_block_setup)
 
 
-if dmm_kernels.EXTENSION_LOADED:
+if _extension.EXTENSION_LOADED:
     _register()

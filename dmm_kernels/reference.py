@@ -27,13 +27,48 @@ def _up(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if t is None else t.to(dtype)
 
 
+def check_real(A, B, C) -> None:
+    """mamba-ssm's complex mode (complex A, and B / C with 2L or complex entries) is not
+    implemented by any backend: reject it by name rather than compute something else."""
+    for name, t in (("A", A), ("B", B), ("C", C)):
+        if t.is_complex():
+            raise ValueError(f"selective_scan: {name} is complex ({t.dtype}); only real A, B and C "
+                             "are supported (mamba-ssm's complex mode is not implemented). "
+                             "Pass a real A, e.g. -torch.exp(A_log)")
+
+
+def bc_per_channel(X, name, A, batch, L):
+    """B or C in any of mamba-ssm's layouts -> one row per channel, (batch, E, N, L).
+
+    Layouts: constant (E, N) (A's shape), (batch, N, L) shared by all channels, or grouped
+    (batch, G, N, L) with G dividing E. The result may be an expanded view (stride 0)."""
+    E, N = A.shape
+    if X.dim() == 2:
+        if tuple(X.shape) != (E, N):
+            raise ValueError(f"selective_scan: a constant {name} must be (E, N) = {(E, N)} like A; "
+                             f"got {tuple(X.shape)}")
+        return X[None, :, :, None].expand(batch, E, N, L)
+    grouped = X.dim() == 4
+    G = X.shape[1] if grouped else 1
+    expected = (batch, G, N, L) if grouped else (batch, N, L)
+    if X.dim() not in (3, 4) or tuple(X.shape) != expected:
+        raise ValueError(f"selective_scan: {name} must be (E, N) constant, (batch, N, L) or "
+                         f"(batch, G, N, L) = {expected}; got {tuple(X.shape)}")
+    if G < 1 or E % G:
+        raise ValueError(f"selective_scan: {name}'s group count G = {G} must divide E = {E}")
+    X = X if grouped else X[:, None]
+    return X.expand(batch, E, N, L) if G == 1 else X.repeat_interleave(E // G, dim=1)
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
-    """mamba-ssm's selective_scan_fn, real A, variable B and C.
+    """mamba-ssm's selective_scan_fn, real A.
 
-    u, delta, z: (batch, E, L); A: (E, N); B, C: (batch, N, L) or (batch, G, N, L);
-    D, delta_bias: (E,). Returns out (batch, E, L) in u's dtype [, last_state (batch, E, N)].
+    u, delta, z: (batch, E, L); A: (E, N); B, C: each constant (E, N), (batch, N, L) or
+    (batch, G, N, L); D, delta_bias: (E,). Returns out (batch, E, L) in u's dtype
+    [, last_state (batch, E, N)].
     """
+    check_real(A, B, C)
     out_dtype = u.dtype
     ct = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     u, delta, A, B, C = (t.to(ct) for t in (u, delta, A, B, C))
@@ -43,12 +78,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         delta = delta + delta_bias[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    # Broadcast B/C to one row per channel: (batch, E, N, L).
-    if B.dim() == 3:
-        B, C = B[:, None], C[:, None]
-    group_size = E // B.shape[1]
-    B = B.repeat_interleave(group_size, dim=1)
-    C = C.repeat_interleave(group_size, dim=1)
+    B = bc_per_channel(B, "B", A, batch, L)                          # (batch, E, N, L)
+    C = bc_per_channel(C, "C", A, batch, L)                          # (batch, E, N, L)
     decay = torch.exp(delta[:, :, None, :] * A[None, :, :, None])  # (batch, E, N, L)
     drive = delta[:, :, None, :] * B * u[:, :, None, :]             # (batch, E, N, L)
     state = u.new_zeros(batch, E, A.shape[1])                        # (batch, E, N)
@@ -116,8 +147,20 @@ def _ssm_inputs(x, p, ct):
     return delta, Bc, Cc
 
 
-def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
-    """One MetaMamba block (DESIGN.md section 3). h: (batch, L, D) -> (batch, L, D)."""
+def _last_inputs(x, window):
+    """A mixer's step cache after the sequence x (batch, L, D): its last W-1 inputs, oldest
+    first, zeros before token 0 -> (batch, W-1, D)."""
+    padded = F.pad(x, (0, 0, window - 1, 0))
+    return padded[:, padded.shape[1] - (window - 1):]
+
+
+def block_composite(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5,
+                    mix=modal_mix_ref, scan=selective_scan_ref):
+    """The block of DESIGN.md section 3 composed from a mixer op and a scan op (by default the
+    reference's own; dmm_kernels.metamamba_prefill passes the compiled ones).
+
+    h: (batch, L, D). Returns (out (batch, L, D), cache): the cache after the sequence, in
+    allocate_step_cache_ref's layout, from which metamamba_step continues at token L."""
     mixer, n_modalities = canonical_mixer(mixer, n_modalities)
     kind, double = _split_mixer(mixer)
     out_dtype = h.dtype
@@ -127,22 +170,34 @@ def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=Fa
     D_model = h.shape[-1]
     E = p["A_log"].shape[0]
     u = F.layer_norm(h, (D_model,), p["norm1_weight"], p["norm1_bias"], eps)
-    h1 = h + modal_mix_ref(u, p["mixer1_weight"], p.get("mixer1_bias"), kind, n_modalities)
+    h1 = h + mix(u, p["mixer1_weight"], p.get("mixer1_bias"), kind, n_modalities)
     v = F.layer_norm(h1, (D_model,), p["norm2_weight"], p["norm2_bias"], eps)
-    x, z = (v @ p["in_proj_weight"].T).split([E, E], dim=-1)              # (batch, L, E) each
+    x_in, z = (v @ p["in_proj_weight"].T).split([E, E], dim=-1)          # (batch, L, E) each
+    x = x_in
     if double:
-        x = modal_mix_ref(x, p["mixer2_weight"], p.get("mixer2_bias"), kind, n_modalities)
+        x = mix(x, p["mixer2_weight"], p.get("mixer2_bias"), kind, n_modalities)
     x = F.silu(x)
     delta, Bc, Cc = _ssm_inputs(x, p, ct)
-    y = selective_scan_ref(
+    y, last_state = scan(
         x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(p["A_log"]),
         Bc.transpose(1, 2), Cc.transpose(1, 2), p["D"], z.transpose(1, 2),
-        p["dt_proj_bias"], delta_softplus=True,
-    ).transpose(1, 2)                                                     # (batch, L, E)
-    out = y @ p["out_proj_weight"].T                                      # (batch, L, D)
+        p["dt_proj_bias"], delta_softplus=True, return_last_state=True,
+    )
+    out = y.transpose(1, 2) @ p["out_proj_weight"].T                     # (batch, L, D)
     if residual_ssm or double:
         out = out + h1
-    return out.to(out_dtype)
+    W = window_of(p["mixer1_weight"], kind, D_model)
+    cache = {
+        "mixer1_cache": _last_inputs(u, W).to(out_dtype),                 # (batch, W-1, D)
+        "mixer2_cache": _last_inputs(x_in, W).to(out_dtype) if double else None,  # (batch, W-1, E)
+        "ssm_state": last_state.to(torch.float64 if out_dtype == torch.float64 else torch.float32),
+    }
+    return out.to(out_dtype), cache
+
+
+def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
+    """One MetaMamba block (DESIGN.md section 3). h: (batch, L, D) -> (batch, L, D)."""
+    return block_composite(h, params, mixer, n_modalities, residual_ssm, eps)[0]
 
 
 def allocate_step_cache_ref(batch, params, mixer="conv", dtype=torch.float32, device="cpu"):

@@ -184,7 +184,7 @@ def test_gradients_reach_every_parameter(mixer):
 def test_factory_kwargs_and_errors():
     blk = MetaMambaBlock(D_MODEL, dtype=torch.float64, device="cpu")
     assert all(p.dtype == torch.float64 for p in blk.parameters())
-    with pytest.raises(ValueError, match="batch, length"):
+    with pytest.raises(ValueError, match="hidden_states must be \\(batch, length"):
         blk(torch.randn(3, D_MODEL, dtype=torch.float64))
-    with pytest.raises(ValueError, match="h_t"):
+    with pytest.raises(ValueError, match="hidden_states must be one token"):
         blk.step(torch.randn(1, 2, D_MODEL), blk.allocate_inference_cache(1), 0)

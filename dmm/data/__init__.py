@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from .d4rl import load_d4rl, load_hdf5
 from .dataset import PAD_ACTION, SegmentSampler, TrajectoryDataset
-from .embedded import DEFAULT_DATASET, behaviour_policy
+from .embedded import DEFAULT_DATASET, behaviour_policy, load_embedded
+from .minari import load_minari
 from .native import load_native, save_native
 from .scores import normalized_score, reference_returns
 
@@ -23,17 +25,13 @@ def load_dataset(spec: str | None = None) -> TrajectoryDataset:
     spec = os.fspath(spec) if spec else DEFAULT_DATASET
     kind, sep, rest = spec.partition(":")
     if sep and kind == "embedded":
-        from .embedded import load_embedded
         return load_embedded(rest)
     if sep and kind == "d4rl":
-        from .d4rl import load_d4rl
         return load_d4rl(rest)
     if sep and kind == "minari":
-        from .minari import load_minari
         return load_minari(rest)
     lower = spec.lower()
     if lower.endswith((".hdf5", ".h5")):
-        from .d4rl import load_hdf5
         return load_hdf5(spec)
     if lower.endswith(".npz"):
         return load_native(spec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import h5py
+
 from .dataset import TrajectoryDataset, check_array, split_episodes
 from .scores import REFERENCE_RETURNS, task_family
 
@@ -33,8 +35,6 @@ def d4rl_cache_dir() -> str:
 
 
 def _read_hdf5(path: str) -> dict:
-    import h5py
-
     src = os.path.basename(path)
     try:
         with h5py.File(path, "r") as f:

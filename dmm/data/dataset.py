@@ -13,9 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-# Value carried by the action tokens of padded steps (DESIGN.md section 3): far outside the
-# [-1, 1] action range so a padded token can never look like a real action.
-PAD_ACTION = -10.0
+from dmm.tokens import PAD_ACTION
 
 
 # ---- validation helpers -------------------------------------------------------------------

@@ -28,7 +28,11 @@ from __future__ import annotations
 import os
 import time
 
+import gymnasium as gym
 import numpy as np
+
+from .dataset import TrajectoryDataset
+from .native import load_native, save_native
 
 ENV_ID = "Pendulum-v1"
 EPISODE_LEN = 200
@@ -123,8 +127,6 @@ def behaviour_policy(name) -> PendulumPolicy:
 
 def rollout(skills, reset_seeds, rng: np.random.Generator, n_envs: int = 8) -> list[dict]:
     """Run one Pendulum-v1 episode per (skill, reset seed), n_envs real envs in lock step."""
-    import gymnasium as gym
-
     envs = [gym.make(ENV_ID) for _ in range(n_envs)]
     policy = PendulumPolicy()
     episodes = []
@@ -196,9 +198,6 @@ def cache_dir() -> str:
 
 def load_embedded(name: str, seed: int = 0, n_episodes: int | None = None, cache: bool = True):
     """Load (generating and caching on first use) an embedded dataset, e.g. 'pendulum-medium'."""
-    from .dataset import TrajectoryDataset
-    from .native import load_native, save_native
-
     name = name.split(":", 1)[-1]
     if name not in DATASETS:
         raise ValueError(f"unknown embedded dataset {name!r}; choose one of "

@@ -6,6 +6,7 @@ included); the last is dropped so every step has (observation, action, reward).
 """
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from .dataset import TrajectoryDataset
@@ -13,6 +14,8 @@ from .scores import REFERENCE_RETURNS, task_family
 
 
 def _import_minari():
+    """The optional minari package, imported on first use (the one import inside a function:
+    the package is an optional dependency, and its absence must not break `import dmm.data`)."""
     try:
         import minari
     except ImportError as e:
@@ -38,8 +41,6 @@ def _flat_observations(obs, space, source: str) -> np.ndarray:
 
 def _action_scale(space, source: str) -> float:
     """Scale mapping the action space to [-1, 1] (symmetric Box with one bound), else 1."""
-    import gymnasium as gym
-
     if not isinstance(space, gym.spaces.Box):
         raise ValueError(f"{source}: action space {space} is not continuous (Box); "
                          "DecisionMetaMamba predicts continuous actions")

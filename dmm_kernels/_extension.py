@@ -1,0 +1,52 @@
+"""Loads the compiled ops (dmm_kernels._C) and decides whether they are used.
+
+The build writes _build_info.json next to _C: the torch it compiled against and what it decided
+(CPU only, or CPU + CUDA, and why). An extension built against another torch release is not
+loaded (its C++ ABI may not match): the reference is used, with a warning that says how to fix it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+
+BUILD_INFO_FILE = Path(__file__).with_name("_build_info.json")
+
+
+def _release(version: str) -> str:
+    """'2.13.0+cpu' -> '2.13.0': local variants share the C++ ABI of their release."""
+    return version.split("+", 1)[0]
+
+
+def read_build_info() -> dict | None:
+    """What the build recorded ({"torch", "cuda", "decision"}), or None for an older build."""
+    try:
+        return json.loads(BUILD_INFO_FILE.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load() -> tuple[bool, Exception | None]:
+    try:
+        if os.environ.get("DMM_KERNELS_LIBRARY"):
+            torch.ops.load_library(os.environ["DMM_KERNELS_LIBRARY"])
+            return True, None
+        if importlib.util.find_spec("dmm_kernels._C") is None:
+            raise ImportError("dmm_kernels._C is not built")
+        built = (BUILD_INFO or {}).get("torch")
+        if built and _release(built) != _release(torch.__version__):
+            raise ImportError(f"dmm_kernels._C was built against torch {built} but torch "
+                              f"{torch.__version__} is installed; rebuild it with `pip install .`")
+        importlib.import_module("dmm_kernels._C")  # its static initialisers register torch.ops.dmm.*
+        return True, None
+    except (ImportError, OSError) as error:
+        return False, error
+
+
+BUILD_INFO = read_build_info()
+EXTENSION_LOADED, EXTENSION_ERROR = _load()
+FORCE_REFERENCE = os.environ.get("DMM_KERNELS_FORCE_REFERENCE", "") not in ("", "0")
+HAS_EXTENSION = EXTENSION_LOADED and not FORCE_REFERENCE
