@@ -270,10 +270,12 @@ def cmd_info(args) -> int:
             print(f"{mod} {getattr(m, '__version__', '?')}")
         except ImportError:
             print(f"{mod} not installed")
-    ext = getattr(dmm_kernels, "HAS_EXTENSION", False)
-    print(f"compiled dmm_kernels extension: {'loaded' if ext else 'NOT loaded (pure-PyTorch reference path, slow)'}")
-    if os.environ.get("DMM_KERNELS_FORCE_REFERENCE"):
-        print("DMM_KERNELS_FORCE_REFERENCE is set: the reference path is forced")
+    loaded = dmm_kernels.EXTENSION_LOADED
+    print(f"compiled dmm_kernels extension: {'loaded' if loaded else 'NOT loaded (pure-PyTorch reference path, slow)'}"
+          + ("" if loaded else f" ({dmm_kernels.EXTENSION_ERROR})"))
+    print(f"kernels in use: CPU tensors -> {dmm_kernels.BACKEND['cpu']}, CUDA tensors -> "
+          f"{dmm_kernels.BACKEND['cuda']}" + (f"  (DMM_KERNELS_BACKEND={os.environ['DMM_KERNELS_BACKEND']})"
+                                             if os.environ.get("DMM_KERNELS_BACKEND") else ""))
     cuda = torch.cuda.is_available()
     print(f"CUDA available: {cuda}" + (f" ({torch.cuda.device_count()} x "
                                        f"{torch.cuda.get_device_name(0)})" if cuda else ""))

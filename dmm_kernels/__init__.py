@@ -1,14 +1,18 @@
 """Fused Decision-MetaMamba kernels: torch.ops.dmm.* with a pure-PyTorch fallback.
 
-HAS_EXTENSION is True when the compiled ops are loaded and in use. Set
-DMM_KERNELS_FORCE_REFERENCE=1 to use the reference instead, or DMM_KERNELS_LIBRARY=/path/to.so
-to load a development build of the ops in place of dmm_kernels._C.
+HAS_EXTENSION is True when the compiled ops are loaded and in use; BACKEND says what runs them
+per device type (dmm_kernels/backend.py: compiled CUDA kernels, Triton, or the reference).
+DMM_KERNELS_BACKEND=cuda|triton|reference forces one; DMM_KERNELS_FORCE_REFERENCE=1 is the same
+as reference; DMM_KERNELS_LIBRARY=/path/to.so loads a development build of the ops in place of
+dmm_kernels._C.
 """
 import importlib.util
 import os
 import warnings
 
 import torch
+
+from dmm_kernels import backend
 
 EXTENSION_LOADED = False
 EXTENSION_ERROR = None
@@ -23,7 +27,8 @@ try:
 except (ImportError, OSError) as error:
     EXTENSION_ERROR = error
 
-FORCE_REFERENCE = os.environ.get("DMM_KERNELS_FORCE_REFERENCE", "") not in ("", "0")
+BACKEND = backend.configure(EXTENSION_LOADED, EXTENSION_ERROR)
+FORCE_REFERENCE = backend.reference_forced()
 HAS_EXTENSION = EXTENSION_LOADED and not FORCE_REFERENCE
 if not EXTENSION_LOADED and not FORCE_REFERENCE:
     warnings.warn(
@@ -31,6 +36,13 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE:
         "reference, which is slow. Reinstall with `pip install .` to build them.",
         stacklevel=2,
     )
+
+
+
+def uses_ops(device: torch.device) -> bool:
+    """Whether tensors on `device` run through torch.ops.dmm (else the reference functions)."""
+    return HAS_EXTENSION and BACKEND.get(device.type) != "reference"
+
 
 from dmm_kernels.ops import (  # noqa: E402
     allocate_step_cache,
@@ -41,6 +53,6 @@ from dmm_kernels.ops import (  # noqa: E402
 )
 
 __all__ = [
-    "HAS_EXTENSION", "selective_scan", "modal_mix", "metamamba_block", "metamamba_step",
+    "HAS_EXTENSION", "BACKEND", "uses_ops", "selective_scan", "modal_mix", "metamamba_block", "metamamba_step",
     "allocate_step_cache",
 ]
