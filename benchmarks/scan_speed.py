@@ -32,6 +32,11 @@ SHAPES = {  # DESIGN.md section 6
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def ours_label(device):
+    """"ours" with what runs the ops on this device (cuda-kernels, triton, cpu-kernels, ...)."""
+    return f"ours[{dmm_kernels.BACKEND.get(torch.device(device).type, '?')}]"
+
+
 def peak_mib(fn, device):
     if device != "cuda":
         return float("nan")
@@ -81,7 +86,7 @@ def scan_inputs(shape, device):
 def bench_scan(shape_name, shape, device, reps, rows):
     args = scan_inputs(shape, device)
     grads_of = [t.requires_grad_() for t in args[:5]]
-    candidates = [("ours", dmm_kernels.selective_scan)]
+    candidates = [(ours_label(device), dmm_kernels.selective_scan)]
     name, other = paper_scan()
     if device == "cuda" and name != "mamba-ssm":
         print("  (mamba-ssm not installed: scan baseline is the PyTorch reference)")
@@ -102,7 +107,8 @@ def bench_block(shape_name, shape, device, reps, rows, mixer, compile_baseline):
                                          generator=torch.Generator().manual_seed(1))
     leaves = [p.requires_grad_() for p in params.values() if p is not None]
     h = torch.randn(shape["batch"], shape["L"], shape["d_model"], device=device, requires_grad=True)
-    candidates = [("ours", dmm_kernels.metamamba_block), (f"paper({paper_scan()[0]})", paper_block)]
+    candidates = [(ours_label(device), dmm_kernels.metamamba_block),
+                  (f"paper({paper_scan()[0]})", paper_block)]
     if compile_baseline:
         candidates.append(("reference+compile", torch.compile(reference.metamamba_block_ref)))
     dtype = shape["dtype"]
@@ -120,7 +126,7 @@ def bench_block(shape_name, shape, device, reps, rows, mixer, compile_baseline):
 def print_table(rows):
     print(f"{'shape':9} {'op':22} {'impl':26} {'fwd ms':>9} {'fwd+bwd ms':>11} {'x vs ours':>9} "
           f"{'peak MiB':>9} {'launches':>8}")
-    ours = {(r["shape"], r["op"]): r for r in rows if r["impl"] == "ours"}
+    ours = {(r["shape"], r["op"]): r for r in rows if r["impl"].startswith("ours")}
     for r in rows:
         ratio = r["fwd_bwd_ms"] / ours[(r["shape"], r["op"])]["fwd_bwd_ms"]
         r["fwd_bwd_vs_ours"] = ratio
@@ -163,7 +169,7 @@ def main(argv=None):
                 else ",".join(shapes) if device == "cuda" else "").split(",")
     torch.manual_seed(0)
     print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"compiled ops in use: {dmm_kernels.HAS_EXTENSION}, torch {torch.__version__}")
+          f"ops: {dmm_kernels.BACKEND}, torch {torch.__version__}")
     rows = []
     for name in shapes:
         shape = SHAPES[name]

@@ -71,4 +71,26 @@ TORCH_LIBRARY(dmm, m) {
       "Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
       "Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, "
       "int n_modalities, bool residual_ssm, float eps, int position) -> Tensor");
+
+  // ---- argument checks alone: no computation, any device (meta too). Backends written outside
+  // C++ (dmm_kernels/triton) validate through these, so every backend raises the same errors.
+  m.def(
+      "_check_selective_scan(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+      "Tensor? z, Tensor? delta_bias) -> ()");
+  m.def(
+      "_check_modal_mix(Tensor u, Tensor weight, Tensor? bias, str kind, int n_modalities, "
+      "int phase) -> ()");
+  m.def(
+      "_check_block(Tensor h, Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, "
+      "Tensor? mixer1_bias, Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, "
+      "Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
+      "Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, "
+      "int n_modalities) -> ()");
+  m.def(
+      "_check_step(Tensor h_t, Tensor mixer1_cache, Tensor? mixer2_cache, Tensor ssm_state, "
+      "Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, Tensor? mixer1_bias, "
+      "Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, Tensor? mixer2_weight, "
+      "Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_proj_bias, "
+      "Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, int n_modalities, "
+      "int position) -> ()");
 }

@@ -259,8 +259,9 @@ def cmd_info(args) -> int:
         print(f"{info['decision']}; built against torch {info['torch']}")
     if not dmm_kernels.EXTENSION_LOADED:
         print(f"  why not loaded: {dmm_kernels.EXTENSION_ERROR}")
-    if os.environ.get("DMM_KERNELS_FORCE_REFERENCE"):
-        print("DMM_KERNELS_FORCE_REFERENCE is set: the reference path is forced")
+    print(f"kernels in use: CPU tensors -> {dmm_kernels.BACKEND['cpu']}, CUDA tensors -> "
+          f"{dmm_kernels.BACKEND['cuda']}" + (f"  (DMM_KERNELS_BACKEND={os.environ['DMM_KERNELS_BACKEND']})"
+                                             if os.environ.get("DMM_KERNELS_BACKEND") else ""))
     cuda = torch.cuda.is_available()
     print(f"CUDA available: {cuda}" + (f" ({torch.cuda.device_count()} x "
                                        f"{torch.cuda.get_device_name(0)})" if cuda else ""))

@@ -1,13 +1,16 @@
 """Fused Decision-MetaMamba kernels: torch.ops.dmm.* with a pure-PyTorch fallback.
 
 HAS_EXTENSION is True when the compiled ops are loaded and in use; BUILD_INFO says what the
-build compiled (CPU or CPU + CUDA kernels, against which torch, and why). Set
-DMM_KERNELS_FORCE_REFERENCE=1 to use the reference instead, or DMM_KERNELS_LIBRARY=/path/to.so
-to load a development build of the ops in place of dmm_kernels._C.
+build compiled (CPU or CPU + CUDA kernels, against which torch, and why); BACKEND says what runs
+the ops per device type (dmm_kernels/backend.py: compiled CUDA kernels, Triton, or the reference).
+DMM_KERNELS_BACKEND=cuda|triton|reference forces one; DMM_KERNELS_FORCE_REFERENCE=1 is the same
+as reference; DMM_KERNELS_LIBRARY=/path/to.so loads a development build of the ops in place of
+dmm_kernels._C.
 """
 import warnings
 
 from dmm_kernels._extension import (
+    BACKEND,
     BUILD_INFO,
     EXTENSION_ERROR,
     EXTENSION_LOADED,
@@ -31,6 +34,6 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE:
     )
 
 __all__ = [
-    "HAS_EXTENSION", "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan",
+    "HAS_EXTENSION", "BACKEND", "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan",
     "modal_mix", "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
 ]

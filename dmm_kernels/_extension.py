@@ -1,4 +1,4 @@
-"""Loads the compiled ops (dmm_kernels._C) and decides whether they are used.
+"""Loads the compiled ops (dmm_kernels._C) and decides what runs them (dmm_kernels/backend.py).
 
 The build writes _build_info.json next to _C: the torch it compiled against and what it decided
 (CPU only, or CPU + CUDA, and why). An extension built against another torch release is not
@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 import torch
+
+from dmm_kernels import backend
 
 BUILD_INFO_FILE = Path(__file__).with_name("_build_info.json")
 
@@ -48,5 +50,11 @@ def _load() -> tuple[bool, Exception | None]:
 
 BUILD_INFO = read_build_info()
 EXTENSION_LOADED, EXTENSION_ERROR = _load()
-FORCE_REFERENCE = os.environ.get("DMM_KERNELS_FORCE_REFERENCE", "") not in ("", "0")
+BACKEND = backend.configure(EXTENSION_LOADED, EXTENSION_ERROR)  # {device type: what runs the ops}
+FORCE_REFERENCE = backend.reference_forced()
 HAS_EXTENSION = EXTENSION_LOADED and not FORCE_REFERENCE
+
+
+def uses_ops(device: torch.device) -> bool:
+    """Whether tensors on `device` run through torch.ops.dmm (else the reference functions)."""
+    return HAS_EXTENSION and BACKEND.get(device.type) != "reference"

@@ -37,7 +37,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     (batch, E, N, L), and autograd sums the expanded gradient back to (E, N).
     """
     reference.check_real(A, B, C)
-    if not _extension.HAS_EXTENSION:
+    if not _extension.uses_ops(u.device):
         return reference.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                             return_last_state)
     if B.dim() == 2 or C.dim() == 2:
@@ -74,7 +74,7 @@ def modal_mix(u, weight, bias=None, kind="conv", n_modalities=3, phase=0):
     kind "line": weight (M, D_out, W*D) (column k*D + d, k = 0 oldest), bias (M, D_out).
     Returns (batch, L, D_out) in u's dtype.
     """
-    if not _extension.HAS_EXTENSION:
+    if not _extension.uses_ops(u.device):
         return reference.modal_mix_ref(u, weight, bias, kind, n_modalities, phase)
     return torch.ops.dmm.modal_mix_fwd(u, weight, bias, kind, n_modalities, phase)
 
@@ -122,7 +122,7 @@ def metamamba_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
     The block adds the residual h1 around the SSM when residual_ssm or for the double mixers.
     """
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
-    if not _extension.HAS_EXTENSION:
+    if not _extension.uses_ops(h.device):
         return reference.metamamba_block_ref(h, params, mixer, n_modalities, residual_ssm, eps)
     compute_dtype = _autocast_dtype(h)
     if compute_dtype is not None:
@@ -166,7 +166,7 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
     Stepping a whole sequence from a zero cache equals metamamba_block on it.
     """
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
-    if not _extension.HAS_EXTENSION:
+    if not _extension.uses_ops(h_t.device):
         out, new_cache = reference.metamamba_step_ref(h_t, cache, params, mixer, n_modalities,
                                                       residual_ssm, eps, position)
         for key, value in new_cache.items():

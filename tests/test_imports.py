@@ -11,7 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dmm", "dmm_kernels")
 # Imports allowed inside a function: optional dependencies whose absence must not break import.
-OPTIONAL = {("dmm.data.minari", "minari")}
+OPTIONAL = {("dmm.data.minari", "minari"),
+            # Triton is optional too (a CPU torch has none): its kernels load only when chosen.
+            ("dmm_kernels.backend", "dmm_kernels.triton.ops")}
 
 
 def module_files() -> dict[str, Path]:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import dmm_kernels
+from conftest import not_interpreted
 from dmm_kernels.reference import modal_mix_ref
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -85,6 +86,7 @@ def test_gradients_match_reference(device, L, kind, M, phase, W, bias, noncontig
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=name)
 
 
+@not_interpreted
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["conv", "line"])
 def test_gradcheck(device, kind):

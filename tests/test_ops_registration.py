@@ -142,6 +142,7 @@ def test_force_reference_switch():
     """DMM_KERNELS_FORCE_REFERENCE=1 turns the compiled ops off; unset, they are used."""
     code = "import dmm_kernels; print(dmm_kernels.HAS_EXTENSION)"
     env = {**os.environ, "DMM_KERNELS_FORCE_REFERENCE": "1"}
+    env.pop("DMM_KERNELS_BACKEND", None)
     forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             check=True)
     assert forced.stdout.strip() == "False"
@@ -166,6 +167,7 @@ def test_fallback_warns_once_when_extension_missing(tmp_path):
     )
     env = {**os.environ, "DMM_KERNELS_LIBRARY": str(tmp_path / "missing.so")}
     env.pop("DMM_KERNELS_FORCE_REFERENCE", None)
+    env.pop("DMM_KERNELS_BACKEND", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "1", "(1,", "5,", "4)"]

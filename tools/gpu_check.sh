@@ -2,10 +2,11 @@
 # The device run of the GPU issue, in one call on a lent GPU (read tools/gpu/README.md):
 #   build   dmm_kernels._C for sm_90 (or use the .so carried from the CPU rehearsal when it loads)
 #   tests   every test file with CUDA cases, and compute-sanitizer memcheck / racecheck /
-#           synccheck / initcheck over tools/gpu/sanitize_driver.py, side by side
+#           synccheck / initcheck over tools/gpu/sanitize_driver.py, side by side; the same tests
+#           with DMM_KERNELS_BACKEND=triton
 #   bench   fused vs unfused block (tools/gpu/bench_block.py), benchmarks/scan_speed.py against
-#           mamba-ssm (built for sm_90 from the sdist in .whl/) and torch.compile, train_speed.py,
-#           rollout_speed.py
+#           mamba-ssm (built for sm_90 from the sdist in .whl/) and torch.compile (CUDA kernels,
+#           then the Triton backend), train_speed.py, rollout_speed.py
 # Usage: bash tools/gpu_check.sh [--phase all|tests|bench] [--dry-run]
 #   --dry-run: the CPU rehearsal: the same steps on CPU tensors with tiny shapes and no sanitizers,
 #              so that no device minute goes to a typo (PYTHON=... picks the interpreter).
@@ -125,6 +126,12 @@ if [ "$PHASE" != bench ]; then
     grep -E "^FAILED|^ERROR" "$LOGS/pytest.log" | head -n 40 | tee -a "$SUMMARY"
   fi
   for pid in "${SANITIZER_PIDS[@]}"; do wait "$pid"; done
+  # The Triton backend on the same CUDA tests (compiled by Triton on the GPU, no toolkit needed).
+  if [ $DRY = 0 ]; then
+    run_step pytest_triton 240 env DMM_KERNELS_BACKEND=triton $PY -m pytest -q -rs $XDIST \
+      --junitxml="$LOGS/junit_triton.xml" $CUDA_TESTS tests/test_backend.py
+    grep -E "passed|failed" "$LOGS/pytest_triton.log" | tail -n 1 | tee -a "$SUMMARY"
+  fi
 fi
 
 # ---- benchmarks --------------------------------------------------------------------------------------
@@ -146,6 +153,8 @@ if [ "$PHASE" != tests ]; then
   else
     run_step scan_speed 200 $PY $SCAN --shapes paper,rl-large,long --compile-shapes paper
   fi
+  [ $DRY = 0 ] && run_step scan_speed_triton 150 env DMM_KERNELS_BACKEND=triton $PY $SCAN \
+    --shapes paper,long --compile-shapes "" --out "$LOGS/triton"
   STEPS=20; [ $DRY = 1 ] && STEPS=2
   run_step train_speed 90 $PY benchmarks/train_speed.py --devices "$DEVICE" --steps $STEPS \
     --out "$LOGS/train_speed.csv"

@@ -385,7 +385,7 @@ BlockGrads metamamba_block_bwd(
           as(dw_out, out_proj_weight.scalar_type())};
 }
 
-Tensor metamamba_step(
+BlockDims check_step(
     const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixer2_cache,
     const Tensor& ssm_state, const Tensor& norm1_weight, const Tensor& norm1_bias,
     const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
@@ -393,7 +393,7 @@ Tensor metamamba_step(
     const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
     const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
     const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps, int64_t position) {
+    int64_t position) {
   constexpr const char* op = "metamamba_step";
   const auto spec = parse_mixer(mixer);
   TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", shape_str(h_t.sizes()));
@@ -402,7 +402,7 @@ Tensor metamamba_step(
                                     mixer2_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
                                     A_log, D, out_proj_weight, spec, n_modalities);
   TORCH_CHECK(position >= 0, op, ": position must be >= 0; got ", position);
-  const int64_t B = h_t.size(0), Dm = d.D, E = d.E, N = d.N, R = d.R;
+  const int64_t B = h_t.size(0), Dm = d.D, E = d.E, N = d.N;
   const auto cdt = h_t.scalar_type();
 
   // Caches: activations in h_t's dtype, the SSM state in fp32 (fp64 allowed for fp64 h_t).
@@ -424,6 +424,26 @@ Tensor metamamba_step(
   const auto sdt = ssm_state.scalar_type();
   TORCH_CHECK(sdt == at::kFloat || (sdt == at::kDouble && cdt == at::kDouble), op,
               ": ssm_state must be float32; got ", sdt);
+  return d;
+}
+
+Tensor metamamba_step(
+    const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixer2_cache,
+    const Tensor& ssm_state, const Tensor& norm1_weight, const Tensor& norm1_bias,
+    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
+    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
+    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
+    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
+    const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
+    bool residual_ssm, double eps, int64_t position) {
+  const auto spec = parse_mixer(mixer);
+  const auto d = check_step(h_t, mixer1_cache, mixer2_cache, ssm_state, norm1_weight, norm1_bias,
+                            mixer1_weight, mixer1_bias, norm2_weight, norm2_bias, in_proj_weight,
+                            mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight,
+                            dt_proj_bias, A_log, D, out_proj_weight, mixer, n_modalities, position);
+  const int64_t Dm = d.D, E = d.E, N = d.N, R = d.R;
+  const auto cdt = h_t.scalar_type();
+  const auto sdt = ssm_state.scalar_type();
 
   const auto p = cast_params(cdt, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias,
                              norm2_weight, norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias,

@@ -74,6 +74,17 @@ BlockGrads metamamba_block_bwd(
     const at::Tensor& D, const at::Tensor& out_proj_weight, c10::string_view mixer,
     int64_t n_modalities, bool residual_ssm, double eps);
 
+// The checks of metamamba_step (parameters, caches, position) alone; raises like check_block_params.
+BlockDims check_step(
+    const at::Tensor& h_t, const at::Tensor& mixer1_cache, const OptTensor& mixer2_cache,
+    const at::Tensor& ssm_state, const at::Tensor& norm1_weight, const at::Tensor& norm1_bias,
+    const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias, const at::Tensor& norm2_weight,
+    const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight, const OptTensor& mixer2_weight,
+    const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
+    const at::Tensor& dt_proj_bias, const at::Tensor& A_log, const at::Tensor& D,
+    const at::Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
+    int64_t position);
+
 // One token h_t (B, D) at `position`; updates mixer1_cache (B, W1-1, D), mixer2_cache
 // (B, W2-1, E) (double mixers) and ssm_state (B, E, N) in place. Returns (B, D).
 at::Tensor metamamba_step(

@@ -26,7 +26,6 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <string>
@@ -275,38 +274,6 @@ Tensor block_fwd(const Tensor& h, const Tensor& norm1_weight, const Tensor& norm
 }
 
 // ---- step --------------------------------------------------------------------------------------
-// Same checks and messages as the composite's step, so the error does not depend on the path.
-void check_step_caches(const Tensor& h_t, const Tensor& mixer1_cache,
-                       const OptTensor& mixer2_cache, const Tensor& ssm_state,
-                       const comp::MixerSpec& spec, const comp::BlockDims& d) {
-  constexpr const char* op = "metamamba_step";
-  const int64_t B = h_t.size(0);
-  auto check = [&](const Tensor& c, const char* name, std::initializer_list<int64_t> shape) {
-    TORCH_CHECK(c.sizes().equals(at::IntArrayRef(shape)), op, ": ", name, " must be ",
-                at::IntArrayRef(shape), "; got ", c.sizes());
-    TORCH_CHECK(c.device() == h_t.device(), op, ": ", name, " is on ", c.device(),
-                " but h_t is on ", h_t.device());
-  };
-  check(mixer1_cache, "mixer1_cache (B, W-1, D)", {B, d.W1 - 1, d.D});
-  TORCH_CHECK(mixer1_cache.scalar_type() == h_t.scalar_type(), op,
-              ": mixer1_cache must have h_t's dtype ", h_t.scalar_type(), "; got ",
-              mixer1_cache.scalar_type());
-  if (spec.is_double) {
-    TORCH_CHECK(present(mixer2_cache), op, ": mixer2_cache (B, W-1, E) is required for a double "
-                "mixer; allocate it with dmm_kernels.allocate_step_cache");
-    check(*mixer2_cache, "mixer2_cache (B, W-1, E)", {B, d.W2 - 1, d.E});
-    TORCH_CHECK(mixer2_cache->scalar_type() == h_t.scalar_type(), op,
-                ": mixer2_cache must have h_t's dtype ", h_t.scalar_type(), "; got ",
-                mixer2_cache->scalar_type());
-  } else {
-    TORCH_CHECK(!present(mixer2_cache), op, ": mixer2_cache must be None for a single mixer");
-  }
-  check(ssm_state, "ssm_state (B, E, N)", {B, d.E, d.N});
-  const auto sdt = ssm_state.scalar_type();
-  TORCH_CHECK(sdt == at::kFloat || (sdt == at::kDouble && h_t.scalar_type() == at::kDouble), op,
-              ": ssm_state must be float32; got ", sdt);
-}
-
 Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixer2_cache,
             const Tensor& ssm_state, const Tensor& norm1_weight, const Tensor& norm1_bias,
             const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
@@ -322,15 +289,12 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
                                 dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, mixer,
                                 n_modalities, residual_ssm, eps, position);
   };
-  constexpr const char* op = "metamamba_step";
   const auto spec = comp::parse_mixer(mixer);
-  TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", h_t.sizes());
-  const auto d = comp::check_block_params(
-      op, h_t, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias, norm2_weight, norm2_bias,
-      in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-      A_log, D, out_proj_weight, spec, n_modalities);
-  TORCH_CHECK(position >= 0, op, ": position must be >= 0; got ", position);
-  check_step_caches(h_t, mixer1_cache, mixer2_cache, ssm_state, spec, d);
+  const auto d = comp::check_step(h_t, mixer1_cache, mixer2_cache, ssm_state, norm1_weight,
+                                  norm1_bias, mixer1_weight, mixer1_bias, norm2_weight, norm2_bias,
+                                  in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight,
+                                  dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, mixer,
+                                  n_modalities, position);
 
   const auto cdt = h_t.scalar_type();
   const int64_t B = h_t.size(0);

@@ -1,0 +1,12 @@
+// The whole-block ops for every device without a kernel of its own (CPU; CUDA without the compiled
+// CUDA kernels): the device-generic composition in csrc/block/composite.cpp (ATen GEMMs + the
+// scan / mixer ops of the tensors' device via the dispatcher).
+#include <torch/library.h>
+
+#include "block/composite.h"
+
+TORCH_LIBRARY_IMPL(dmm, CompositeExplicitAutograd, m) {
+  m.impl("metamamba_block_fwd", &dmm::composite::metamamba_block_fwd);
+  m.impl("metamamba_block_bwd", &dmm::composite::metamamba_block_bwd);
+  m.impl("metamamba_step", &dmm::composite::metamamba_step);
+}
