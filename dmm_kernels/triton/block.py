@@ -125,6 +125,22 @@ def _matvec(w_ptr, rows, n_rows, n_cols, x_ptr, ACT: tl.constexpr, ACC: tl.const
 
 
 @triton.jit
+def _window_mix(w_ptr, b_ptr, win, m, W, C, idx, IS_LINE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Modality m's mixer over a window win (W, C) in memory (oldest row first), at the output
+    channels idx: line M_m (C, W*C) @ window, or depthwise conv w_m (W, C); plus the bias."""
+    mask = idx < C
+    if IS_LINE:
+        y = _matvec(w_ptr + m * C * W * C, idx, C, W * C, win, ACT, ACC, BLOCK_K)
+    else:
+        y = tl.zeros(idx.shape, dtype=ACC)
+        for k in range(W):
+            w = tl.load(w_ptr + (m * W + k) * C + idx, mask=mask, other=0.0).to(ACT).to(ACC)
+            y += w * tl.load(win + k * C + idx, mask=mask, other=0.0).to(ACC)
+    return y + tl.load(b_ptr + m * C + idx, mask=mask & HAS_BIAS, other=0.0).to(ACT).to(ACC)
+
+
+@triton.jit
 def step_kernel(h_ptr, c1_ptr, c2_ptr, st_ptr, n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x,
                 w_dt, dt_bias, A_ptr, Dskip, w_out, out_ptr, ws_ptr, D, E, N, R, W1, W2, m, eps,
                 IS_LINE: tl.constexpr, IS_DOUBLE: tl.constexpr, RESIDUAL: tl.constexpr,
@@ -157,14 +173,7 @@ def step_kernel(h_ptr, c1_ptr, c2_ptr, st_ptr, n1w, n1b, m1w, m1b, n2w, n2b, w_i
     for k in range(W1 - 1):
         tl.store(c1_ptr + (b * (W1 - 1) + k) * D + d, tl.load(win1 + (k + 1) * D + d, mask=mask_d),
                  mask=mask_d)
-    if IS_LINE:  # M_m (D, W1*D) @ window
-        mixed = _matvec(m1w + m * D * W1 * D, d, D, W1 * D, win1, ACT, ACC, BLOCK_K)
-    else:
-        mixed = tl.zeros((BLOCK_D,), dtype=ACC)
-        for k in range(W1):
-            w = tl.load(m1w + (m * W1 + k) * D + d, mask=mask_d, other=0.0).to(ACT).to(ACC)
-            mixed += w * tl.load(win1 + k * D + d, mask=mask_d, other=0.0).to(ACC)
-    mixed += tl.load(m1b + m * D + d, mask=mask_d & HAS_M1B, other=0.0).to(ACT).to(ACC)
+    mixed = _window_mix(m1w, m1b, win1, m, W1, D, d, IS_LINE, HAS_M1B, ACT, ACC, BLOCK_K)
     h1 = (hrow + mixed.to(ACT).to(ACC)).to(ACT).to(ACC)
 
     # 2. LN_2 and in_proj: xz = W_in (2E, D) @ v.
@@ -194,14 +203,7 @@ def step_kernel(h_ptr, c1_ptr, c2_ptr, st_ptr, n1w, n1b, m1w, m1b, n2w, n2b, w_i
             for k in range(W2 - 1):
                 tl.store(c2_ptr + (b * (W2 - 1) + k) * E + ee, tl.load(win2 + (k + 1) * E + ee, mask=mask_e),
                          mask=mask_e)
-            if IS_LINE:
-                x = _matvec(m2w + m * E * W2 * E, ee, E, W2 * E, win2, ACT, ACC, BLOCK_K)
-            else:
-                x = tl.zeros((BLOCK_E,), dtype=ACC)
-                for k in range(W2):
-                    w = tl.load(m2w + (m * W2 + k) * E + ee, mask=mask_e, other=0.0).to(ACT).to(ACC)
-                    x += w * tl.load(win2 + k * E + ee, mask=mask_e, other=0.0).to(ACC)
-            x += tl.load(m2b + m * E + ee, mask=mask_e & HAS_M2B, other=0.0).to(ACT).to(ACC)
+            x = _window_mix(m2w, m2b, win2, m, W2, E, ee, IS_LINE, HAS_M2B, ACT, ACC, BLOCK_K)
             tl.store(xs + ee, silu(x.to(ACT).to(ACC)).to(ACT), mask=mask_e)
     else:
         for e0 in range(0, E, BLOCK_E):

@@ -23,6 +23,25 @@ from dmm_kernels.triton.common import sigmoid, softplus
 
 
 @triton.jit
+def _channels(A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D: tl.constexpr,
+              HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+              ACC: tl.constexpr):
+    """This program's group g, channels e (BLOCK_E of one group), states n, their masks, and the
+    per-channel parameters: A (BLOCK_E, BLOCK_N), D, delta_bias (0 where absent)."""
+    g = tl.program_id(1) // blocks_per_group
+    e_in_group = (tl.program_id(1) % blocks_per_group) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e = g * group_size + e_in_group
+    n = tl.arange(0, BLOCK_N)
+    mask_e = e_in_group < group_size
+    mask_n = n < N
+    mask_en = mask_e[:, None] & mask_n[None, :]
+    a = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
+    dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
+    dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
+    return g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias
+
+
+@triton.jit
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dt_w_ptr,
     out_ptr, last_ptr, chunk_ptr,
@@ -35,16 +54,8 @@ def scan_fwd_kernel(
     ACC: tl.constexpr,
 ):
     b = tl.program_id(0)
-    g = tl.program_id(1) // blocks_per_group
-    e_in_group = (tl.program_id(1) % blocks_per_group) * BLOCK_E + tl.arange(0, BLOCK_E)
-    e = g * group_size + e_in_group
-    n = tl.arange(0, BLOCK_N)
-    mask_e = e_in_group < group_size
-    mask_n = n < N
-    mask_en = mask_e[:, None] & mask_n[None, :]
-    a = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
-    dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
-    dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
+    g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias = _channels(
+        A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, ACC)
     r = tl.arange(0, BLOCK_R)
     if HAS_DT_PROJ:  # W_dt (E, R), resident for the whole walk
         w_dt = tl.load(dt_w_ptr + e[:, None] * R + r[None, :], mask=mask_e[:, None] & (r[None, :] < R),
@@ -93,17 +104,8 @@ def scan_bwd_kernel(
     per batch row; dB, dC (batch, G, blocks_per_group, N, L) per channel block."""
     b = tl.program_id(0)
     blk = tl.program_id(1)
-    g = blk // blocks_per_group
-    eb = blk % blocks_per_group
-    e_in_group = eb * BLOCK_E + tl.arange(0, BLOCK_E)
-    e = g * group_size + e_in_group
-    n = tl.arange(0, BLOCK_N)
-    mask_e = e_in_group < group_size
-    mask_n = n < N
-    mask_en = mask_e[:, None] & mask_n[None, :]
-    a = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
-    dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
-    dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
+    g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias = _channels(
+        A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, ACC)
     # This program's scratch: (CHUNK, BLOCK_E, BLOCK_N) states of the current chunk.
     scratch = scratch_ptr + (b * tl.num_programs(1) + blk) * (CHUNK * BLOCK_E * BLOCK_N)
     sc_off = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]
