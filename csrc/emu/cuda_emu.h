@@ -128,34 +128,13 @@ size_t dynamic_smem_limit(const void* kernel);
 
 namespace detail {
 
-struct Fiber;
-struct Block;
-// The running fiber of this OS thread (null outside kernels); set by the scheduler at every switch.
-extern thread_local Fiber* tls_fiber;
-extern thread_local Block* tls_block;
-
-[[noreturn]] void outside_kernel(const char* what);
-const uint3& fiber_thread_idx(const Fiber* f);
-const uint3& block_idx_of(const Block* b);
-const dim3& block_dim_of(const Block* b);
-const dim3& grid_dim_of(const Block* b);
-
-inline const uint3& thread_idx() {
-  if (tls_fiber == nullptr) outside_kernel("threadIdx");
-  return fiber_thread_idx(tls_fiber);
-}
-inline const uint3& block_idx() {
-  if (tls_block == nullptr) outside_kernel("blockIdx");
-  return block_idx_of(tls_block);
-}
-inline const dim3& block_dim() {
-  if (tls_block == nullptr) outside_kernel("blockDim");
-  return block_dim_of(tls_block);
-}
-inline const dim3& grid_dim() {
-  if (tls_block == nullptr) outside_kernel("gridDim");
-  return grid_dim_of(tls_block);
-}
+// The built-in variables of the running fiber (out of line: the current-fiber pointer is a
+// thread_local of runtime.cpp, set by the scheduler at every switch; calling one outside a kernel
+// aborts with a message).
+const uint3& thread_idx();
+const uint3& block_idx();
+const dim3& block_dim();
+const dim3& grid_dim();
 
 // Barrier: every thread of the block, same call site. `pred` feeds __syncthreads_count/and/or;
 // returns the number of threads whose pred was nonzero.

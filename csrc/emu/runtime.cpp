@@ -33,6 +33,9 @@ namespace dmm {
 namespace emu {
 namespace detail {
 
+struct Fiber;
+struct Block;
+// The running fiber and its block on this OS thread (null outside kernels).
 thread_local Fiber* tls_fiber = nullptr;
 thread_local Block* tls_block = nullptr;
 
@@ -215,10 +218,22 @@ struct Block {
   std::fprintf(stderr, "dmm-emu: %s used outside an emulated kernel\n", what);
   std::abort();
 }
-const uint3& fiber_thread_idx(const Fiber* f) { return f->tid; }
-const uint3& block_idx_of(const Block* b) { return b->idx; }
-const dim3& block_dim_of(const Block* b) { return b->block; }
-const dim3& grid_dim_of(const Block* b) { return b->grid; }
+const uint3& thread_idx() {
+  if (tls_fiber == nullptr) outside_kernel("threadIdx");
+  return tls_fiber->tid;
+}
+const uint3& block_idx() {
+  if (tls_block == nullptr) outside_kernel("blockIdx");
+  return tls_block->idx;
+}
+const dim3& block_dim() {
+  if (tls_block == nullptr) outside_kernel("blockDim");
+  return tls_block->block;
+}
+const dim3& grid_dim() {
+  if (tls_block == nullptr) outside_kernel("gridDim");
+  return tls_block->grid;
+}
 
 namespace {
 
@@ -459,15 +474,16 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int wid
   const int lane = f->linear % kWarpSize, w = f->linear / kWarpSize;
   const int lanes_here = std::min(kWarpSize, b.n() - w * kWarpSize);
   const unsigned exist = lanes_here == 32 ? 0xffffffffu : (1u << lanes_here) - 1u;
-  const std::string at = std::string(op_name(op)) + "(mask " + hex(mask) + ") at " + site(file, line);
+  // (built only for a message: a fiber abandoned while it waits here must hold no heap memory)
+  auto at = [&] { return std::string(op_name(op)) + "(mask " + hex(mask) + ") at " + site(file, line); };
   if (!(mask >> lane & 1u))
-    throw Error(b.where(*f) + ": " + at + ": the calling lane " + std::to_string(lane) +
+    throw Error(b.where(*f) + ": " + at() + ": the calling lane " + std::to_string(lane) +
                 " is not in the mask");
   if (mask & ~exist)
-    throw Error(b.where(*f) + ": " + at + ": the mask names lanes that do not exist (warp " +
+    throw Error(b.where(*f) + ": " + at() + ": the mask names lanes that do not exist (warp " +
                 std::to_string(w) + " has " + std::to_string(lanes_here) + " threads)");
   if (width < 1 || width > 32 || (width & (width - 1)) != 0)
-    throw Error(b.where(*f) + ": " + at + ": width " + std::to_string(width) +
+    throw Error(b.where(*f) + ": " + at() + ": width " + std::to_string(width) +
                 " is not a power of two in [1, 32]");
   WarpState& ws = b.warps[w];
   if (!ws.active) {
@@ -483,7 +499,7 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int wid
     std::vector<int> waiting;
     for (int l = 0; l < kWarpSize; ++l)
       if (ws.arrived >> l & 1u) waiting.push_back(w * kWarpSize + l);
-    throw Error(b.where(*f) + ": " + at + " (width " + std::to_string(width) +
+    throw Error(b.where(*f) + ": " + at() + " (width " + std::to_string(width) +
                 ") while threads " + ranges(waiting) + " of its warp wait at " + op_name(ws.op) +
                 "(mask " + hex(ws.mask) + ") at " + site(ws.file, ws.line) + " (width " +
                 std::to_string(ws.width) + "): divergent warp intrinsics");
@@ -527,7 +543,7 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int wid
         if (!in_range) {
           g.result = g.bits;  // outside the segment: the caller's own value
         } else if (!(mask >> j & 1u)) {
-          throw Error(b.where(g) + ": " + at + ": lane " + std::to_string(l) + " reads lane " +
+          throw Error(b.where(g) + ": " + at() + ": lane " + std::to_string(l) + " reads lane " +
                       std::to_string(j) + ", which is not in the mask (undefined on the GPU)");
         } else {
           g.result = lanes[j].bits;
