@@ -27,6 +27,7 @@ SHAPES = {  # DESIGN.md section 6
     "paper": dict(batch=64, L=24, d_model=128, expand=2, d_state=16, window=6, dtype=torch.float32),
     "rl-large": dict(batch=256, L=60, d_model=256, expand=2, d_state=16, window=6, dtype=torch.float32),
     "long": dict(batch=8, L=4096, d_model=1024, expand=2, d_state=16, window=6, dtype=torch.bfloat16),
+    "tiny": dict(batch=2, L=7, d_model=16, expand=2, d_state=4, window=3, dtype=torch.float32),  # smoke
 }
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -95,14 +96,14 @@ def bench_scan(shape_name, shape, device, reps, rows):
                          launches=kernel_launches(call, device)))
 
 
-def bench_block(shape_name, shape, device, reps, rows, mixer):
+def bench_block(shape_name, shape, device, reps, rows, mixer, compile_baseline):
     params = reference.make_block_params(shape["d_model"], mixer, shape["expand"], shape["d_state"],
                                          shape["window"], device=device,
                                          generator=torch.Generator().manual_seed(1))
     leaves = [p.requires_grad_() for p in params.values() if p is not None]
     h = torch.randn(shape["batch"], shape["L"], shape["d_model"], device=device, requires_grad=True)
     candidates = [("ours", dmm_kernels.metamamba_block), (f"paper({paper_scan()[0]})", paper_block)]
-    if device == "cuda":
+    if compile_baseline:
         candidates.append(("reference+compile", torch.compile(reference.metamamba_block_ref)))
     dtype = shape["dtype"]
     for label, fn in candidates:
@@ -150,12 +151,16 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma list of " + ",".join(SHAPES)
                         + " (default: all on GPU; paper,rl-large on CPU)")
     parser.add_argument("--mixers", default="conv,line,double-conv")
+    parser.add_argument("--compile-shapes", default=None,
+                        help="shapes with the torch.compile baseline (default: all on GPU, none on CPU)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 GPU, 5 CPU)")
     parser.add_argument("--out", default=RESULTS_DIR)
     args = parser.parse_args(argv)
     device = args.device
     shapes = (args.shapes or ("paper,rl-large,long" if device == "cuda" else "paper,rl-large")).split(",")
     reps = args.reps or (20 if device == "cuda" else 5)
+    compiled = (args.compile_shapes if args.compile_shapes is not None
+                else ",".join(shapes) if device == "cuda" else "").split(",")
     torch.manual_seed(0)
     print(f"device {device} ({torch.cuda.get_device_name() if device == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"compiled ops in use: {dmm_kernels.HAS_EXTENSION}, torch {torch.__version__}")
@@ -166,7 +171,7 @@ def main(argv=None):
         bench_scan(name, shape, device, reps, rows)
         if name != "long":
             for mixer in args.mixers.split(","):
-                bench_block(name, shape, device, reps, rows, mixer)
+                bench_block(name, shape, device, reps, rows, mixer, name in compiled)
     print_table(rows)
     stem = os.path.join(args.out, f"scan_speed_{device}")
     write_rows(rows, stem + ".csv")

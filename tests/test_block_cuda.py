@@ -75,7 +75,8 @@ def randn(*shape, dtype, seed):
 
 # ---- forward -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("mixer", MIXERS)
-@pytest.mark.parametrize("batch,length,d_model", [(2, 24, 32), (1, 7, 48), (3, 61, 64), (1, 1, 32)])
+@pytest.mark.parametrize("batch,length,d_model", [(2, 24, 32), (1, 7, 48), (3, 61, 64), (1, 1, 32),
+                                                  (2, 130, 40)])  # L > 64: scan chunks
 def test_block_float64_matches_reference(mixer, batch, length, d_model):
     p = make_params(d_model, mixer, torch.float64, seed=length)
     h = randn(batch, length, d_model, dtype=torch.float64, seed=length + 1)
@@ -104,6 +105,26 @@ def test_block_low_precision_tolerance(mixer, dtype):
     out = block_op(h, p, mixer)
     assert out.dtype == dtype
     assert rel_err(out, ref64(h, p, mixer)) < TOLERANCE[dtype]
+
+
+def test_wide_model_paths():
+    """D = 1024: the preproj tile shrinks below 8 tokens to fit 48 KB, and the step kernel needs
+    more than 48 KB of shared memory (the opt-in path)."""
+    mixer = "conv"
+    p = make_params(1024, mixer, torch.float32, seed=22)
+    h = randn(2, 11, 1024, dtype=torch.float32, seed=23)
+    assert rel_err(block_op(h, p, mixer), ref64(h, p, mixer)) < TOLERANCE[torch.float32]
+    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float32, "cuda")
+    steps = torch.stack([step_op(h[:, t], cache, p, mixer, position=t) for t in range(11)], 1)
+    assert rel_err(steps, ref64(h, p, mixer)) < TOLERANCE[torch.float32]
+
+
+def test_block_rejects_what_backward_rejects():
+    """A window over the kernels' limit fails in the forward already, with the modal_mix message."""
+    p = make_params(32, "conv", torch.float32, seed=24, window=17)
+    h = randn(2, 5, 32, dtype=torch.float32, seed=25)
+    with pytest.raises(RuntimeError, match="window W = 17"):
+        block_op(h, p, "conv")
 
 
 def test_block_noncontiguous_and_empty():

@@ -273,3 +273,16 @@ def test_backward_is_deterministic(device):
     second = torch.ops.dmm.selective_scan_bwd(dout, *(x[k] for k in ARG_NAMES), True)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("N", [17, 33, 64, 256])
+def test_many_states_across_chunks(device, N):
+    """N > 16 / 32 / 64 / 128 selects 2, 4 and 8 states per lane on CUDA; L = 130 crosses the
+    forward's and the backward's chunk boundaries in float64 and float32 alike."""
+    x = make_inputs(batch=2, E=5, L=130, N=N, G=None, device=device, seed=N)
+    out, grads = _grads(dmm_kernels.selective_scan, x, True)
+    ref_out, ref_grads = _grads(selective_scan_ref, x, True)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-9, msg=k)

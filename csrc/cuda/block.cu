@@ -111,7 +111,10 @@ FwdPlan fused_fwd_plan(const Tensor& h, const comp::MixerSpec& spec, const comp:
                        size_t acc_size) {
   FwdPlan p;
   const int64_t B = h.size(0), L = h.size(1);
-  if (B > 65535 || d.N > 32) return p;
+  // Outside these, the composite runs (and rejects a window the backward would reject too).
+  if (B > 65535 || d.N > 32 || d.E == 0 || d.W1 > kMaxModalMixWindow ||
+      (spec.is_double && d.W2 > kMaxModalMixWindow))
+    return p;
   if (spec.kind == "conv") {
     int tl = int(std::min<int64_t>(kTokensPerCta, L));
     auto bytes = [&](int t) { return acc_size * size_t(2 * t + d.W1 - 1) * size_t(d.D); };
@@ -120,7 +123,7 @@ FwdPlan fused_fwd_plan(const Tensor& h, const comp::MixerSpec& spec, const comp:
     p.tokens_per_cta = tl;
   }
   const size_t row_bytes = acc_size * size_t(d.R + 2 * d.N);
-  if (row_bytes > kDefaultSmem) return p;
+  if (row_bytes == 0 || row_bytes > kDefaultSmem) return p;
   p.scan_chunk = int(std::min<int64_t>({64, L, int64_t(kDefaultSmem / row_bytes)}));
   p.scan_group = d.N <= 16 ? 4 : 8;
   p.fused = true;
@@ -344,9 +347,10 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
   const size_t smem =
       acc_size * size_t(StepSmem(int(d.D), int(d.E), int(d.N), int(d.R), int(d.W1),
                                  spec.is_double ? int(d.W2) : 0).total);
-  if (force_unfused() || !layout_ok || !dtypes_ok || smem > smem_optin()) return composite();
+  const c10::cuda::CUDAGuard guard(h_t.device());  // before reading the device's smem limit
+  if (force_unfused() || !layout_ok || !dtypes_ok || d.E == 0 || smem > smem_optin())
+    return composite();
 
-  const c10::cuda::CUDAGuard guard(h_t.device());
   // Held here so the raw pointers below outlive the launch (no copies when contiguous).
   const Tensor hc = h_t.contiguous(), n1w = norm1_weight.contiguous(),
                n1b = norm1_bias.contiguous(), m1w = mixer1_weight.contiguous(),

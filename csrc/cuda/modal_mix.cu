@@ -194,10 +194,10 @@ at::Tensor line_fwd(const MixSetup& s) {
   const at::Tensor cols = im2col<acc_t>(s);                          // (batch, L, W*D)
   const at::Tensor w = s.weight.to(s.acc);                           // (M, D, W*D)
   const at::Tensor bias = s.bias.defined() ? s.bias.to(s.acc) : at::Tensor();
-  at::Tensor y = at::empty({s.d.batch, s.d.len, s.d.dim}, cols.options());  // (batch, L, D)
+  at::Tensor y = at::empty({s.d.batch, s.d.len, s.d.dim_out}, cols.options());  // (batch, L, D_out)
   for (int m = 0; m < s.d.n_modalities; ++m) {
     if (first_token_of(m, int(s.d.phase), int(s.d.n_modalities)) >= s.d.len) continue;
-    at::Tensor ym = at::matmul(modality_rows(cols, s.d, m), w[m].t());  // (batch, L_m, D)
+    at::Tensor ym = at::matmul(modality_rows(cols, s.d, m), w[m].t());  // (batch, L_m, D_out)
     if (bias.defined()) ym.add_(bias[m]);
     modality_rows(y, s.d, m).copy_(ym);
   }
@@ -206,19 +206,19 @@ at::Tensor line_fwd(const MixSetup& s) {
 
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> line_bwd(const MixSetup& s, const at::Tensor& dy) {
-  const int64_t D = s.d.dim, WD = s.d.width * s.d.dim;
+  const int64_t D_out = s.d.dim_out, WD = s.d.width * s.d.dim;
   const at::Tensor cols = im2col<acc_t>(s);                          // (batch, L, W*D)
-  const at::Tensor w = s.weight.to(s.acc);                           // (M, D, W*D)
-  const at::Tensor dy_acc = dy.to(s.acc);                            // (batch, L, D)
+  const at::Tensor w = s.weight.to(s.acc);                           // (M, D_out, W*D)
+  const at::Tensor dy_acc = dy.to(s.acc);                            // (batch, L, D_out)
   at::Tensor dcols = at::empty_like(cols);                           // (batch, L, W*D)
-  at::Tensor dweight = at::zeros_like(w);                            // (M, D, W*D)
-  at::Tensor dbias = at::zeros({s.d.n_modalities, D}, cols.options());  // (M, D)
+  at::Tensor dweight = at::zeros_like(w);                            // (M, D_out, W*D)
+  at::Tensor dbias = at::zeros({s.d.n_modalities, D_out}, cols.options());  // (M, D_out)
   for (int m = 0; m < s.d.n_modalities; ++m) {
     if (first_token_of(m, int(s.d.phase), int(s.d.n_modalities)) >= s.d.len) continue;
-    const at::Tensor dym = modality_rows(dy_acc, s.d, m);            // (batch, L_m, D)
+    const at::Tensor dym = modality_rows(dy_acc, s.d, m);            // (batch, L_m, D_out)
     const at::Tensor colm = modality_rows(cols, s.d, m);             // (batch, L_m, W*D)
-    dweight[m].copy_(at::mm(dym.reshape({-1, D}).t(), colm.reshape({-1, WD})));
-    dbias[m].copy_(dym.sum({0, 1}));
+    dweight[m].copy_(at::mm(dym.reshape({-1, D_out}).t(), colm.reshape({-1, WD})));
+    dbias[m].copy_(dym.sum(at::IntArrayRef{0, 1}));
     modality_rows(dcols, s.d, m).copy_(at::matmul(dym, w[m]));       // (batch, L_m, W*D)
   }
   at::Tensor du = at::empty(s.u.sizes(), s.u.options());             // (batch, L, D)
@@ -261,7 +261,7 @@ at::Tensor modal_mix_fwd_cuda(const at::Tensor& u, const at::Tensor& weight,
                               int64_t n_modalities, int64_t phase) {
   MixSetup s = mix_setup(u, weight, bias, kind, n_modalities, phase);  // validates first
   const c10::cuda::CUDAGuard guard(u.device());
-  if (s.u.numel() == 0) return at::empty(s.u.sizes(), u.options());  // (batch, L, D)
+  if (s.u.numel() == 0) return at::empty({s.d.batch, s.d.len, s.d.dim_out}, u.options());
   const bool dbl = s.acc == at::kDouble;
   if (s.d.line) return dbl ? line_fwd<double>(s) : line_fwd<float>(s);
   at::Tensor y = at::empty(s.u.sizes(), u.options());  // (batch, L, D)
@@ -277,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modal_mix_bwd_cuda(
     int64_t phase) {
   MixSetup s = mix_setup(u, weight, bias, kind, n_modalities, phase);  // validates first
   const c10::cuda::CUDAGuard guard(u.device());
-  check_arg("modal_mix", "dy", dy, u, u.sizes(), "(batch, L, D)");
+  check_arg("modal_mix", "dy", dy, u, {s.d.batch, s.d.len, s.d.dim_out}, "(batch, L, D_out)");
   check_cuda("modal_mix", "dy", dy, u);
   const at::Tensor dy_c = dy.contiguous();
   if (dy_c.scalar_type() == at::kDouble) s.acc = at::kDouble;
@@ -289,7 +289,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modal_mix_bwd_cuda(
   if (s.u.numel() == 0) {
     du = at::empty(s.u.sizes(), u.options());
     dweight = at::zeros(s.weight.sizes(), s.weight.options().dtype(s.acc));
-    dbias = at::zeros({s.d.n_modalities, s.d.dim}, s.weight.options().dtype(s.acc));
+    dbias = at::zeros({s.d.n_modalities, s.d.dim_out}, s.weight.options().dtype(s.acc));
   } else if (s.d.line) {
     std::tie(du, dweight, dbias) = dbl ? line_bwd<double>(s, dy_c) : line_bwd<float>(s, dy_c);
   } else {
