@@ -83,8 +83,11 @@ inline DType dtype_tag(at::ScalarType t) {
 }
 
 
+// An undefined tensor (an absent optional made contiguous_or_empty) is an absent input: its
+// scalar_type() is UNKNOWN_SCALAR, so no dtype tag is read from it.
 inline InPtr in_ptr(const at::Tensor& t) {
-  return {t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr, dtype_tag(t.scalar_type())};
+  if (!t.defined()) return InPtr{};
+  return {t.numel() > 0 ? t.data_ptr() : nullptr, dtype_tag(t.scalar_type())};
 }
 inline InPtr in_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? in_ptr(*t) : InPtr{};
