@@ -27,8 +27,10 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "block/composite.h"
+#include "checks.h"
 #include "cuda/common.cuh"
 #ifdef DMM_CUDA_EMULATION
 namespace dmm { namespace cuda { namespace block { DMM_EMU_DYNAMIC_SHARED(smem_raw); } } }
@@ -239,7 +241,7 @@ Tensor block_fwd(const Tensor& h, const Tensor& norm1_weight, const Tensor& norm
                                      eps);
   };
   const auto spec = comp::parse_mixer(mixer);
-  TORCH_CHECK(h.dim() == 3, "metamamba_block: h must be (B, L, D); got ", h.sizes());
+  TORCH_CHECK(h.dim() == 3, "metamamba_block: h must be (B, L, D); got ", shape_str(h.sizes()));
   const auto d = comp::check_block_params(
       "metamamba_block", h, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias, norm2_weight,
       norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight,
@@ -273,35 +275,42 @@ Tensor block_fwd(const Tensor& h, const Tensor& norm1_weight, const Tensor& norm
 }
 
 // ---- step --------------------------------------------------------------------------------------
-// Same checks and messages as the composite's step, so the error does not depend on the path.
+// Same checks and messages as the composite's step (csrc/block/composite.cpp), so the error does
+// not depend on the path (the emulated suite found them worded differently here).
 void check_step_caches(const Tensor& h_t, const Tensor& mixer1_cache,
                        const OptTensor& mixer2_cache, const Tensor& ssm_state,
                        const comp::MixerSpec& spec, const comp::BlockDims& d) {
   constexpr const char* op = "metamamba_step";
   const int64_t B = h_t.size(0);
-  auto check = [&](const Tensor& c, const char* name, std::initializer_list<int64_t> shape) {
-    TORCH_CHECK(c.sizes().equals(at::IntArrayRef(shape)), op, ": ", name, " must be ",
-                at::IntArrayRef(shape), "; got ", c.sizes());
+  const auto cdt = h_t.scalar_type();
+  auto check = [&](const Tensor& c, const char* name, const char* formula,
+                   std::vector<int64_t> expected) {
+    TORCH_CHECK(c.defined(), op, ": ", name, " is required; expected shape ", formula, " = ",
+                shape_str(expected));
+    TORCH_CHECK(c.sizes() == at::IntArrayRef(expected), op, ": ", name, " must be ", formula,
+                " = ", shape_str(expected), "; got ", shape_str(c.sizes()));
+    TORCH_CHECK(at::isFloatingType(c.scalar_type()), op, ": ", name,
+                " must be a floating-point tensor; got ", c.scalar_type());
     TORCH_CHECK(c.device() == h_t.device(), op, ": ", name, " is on ", c.device(),
-                " but h_t is on ", h_t.device());
+                " but h is on ", h_t.device(), "; move all block parameters to h's device");
   };
-  check(mixer1_cache, "mixer1_cache (B, W-1, D)", {B, d.W1 - 1, d.D});
-  TORCH_CHECK(mixer1_cache.scalar_type() == h_t.scalar_type(), op,
-              ": mixer1_cache must have h_t's dtype ", h_t.scalar_type(), "; got ",
-              mixer1_cache.scalar_type());
+  auto check_cache = [&](const Tensor& c, const char* name, const char* formula,
+                         std::vector<int64_t> expected) {
+    check(c, name, formula, std::move(expected));
+    TORCH_CHECK(c.scalar_type() == cdt, op, ": ", name, " must have h_t's dtype ", cdt,
+                "; got ", c.scalar_type());
+  };
+  check_cache(mixer1_cache, "mixer1_cache", "(B, W-1, D)", {B, d.W1 - 1, d.D});
   if (spec.is_double) {
-    TORCH_CHECK(present(mixer2_cache), op, ": mixer2_cache (B, W-1, E) is required for a double "
-                "mixer; allocate it with dmm_kernels.allocate_step_cache");
-    check(*mixer2_cache, "mixer2_cache (B, W-1, E)", {B, d.W2 - 1, d.E});
-    TORCH_CHECK(mixer2_cache->scalar_type() == h_t.scalar_type(), op,
-                ": mixer2_cache must have h_t's dtype ", h_t.scalar_type(), "; got ",
-                mixer2_cache->scalar_type());
+    TORCH_CHECK(present(mixer2_cache), op, ": mixer2_cache (B, W-1, E) = ",
+                shape_str({B, d.W2 - 1, d.E}), " is required for a double mixer");
+    check_cache(*mixer2_cache, "mixer2_cache", "(B, W-1, E)", {B, d.W2 - 1, d.E});
   } else {
     TORCH_CHECK(!present(mixer2_cache), op, ": mixer2_cache must be None for a single mixer");
   }
-  check(ssm_state, "ssm_state (B, E, N)", {B, d.E, d.N});
+  check(ssm_state, "ssm_state", "(B, E, N)", {B, d.E, d.N});
   const auto sdt = ssm_state.scalar_type();
-  TORCH_CHECK(sdt == at::kFloat || (sdt == at::kDouble && h_t.scalar_type() == at::kDouble), op,
+  TORCH_CHECK(sdt == at::kFloat || (sdt == at::kDouble && cdt == at::kDouble), op,
               ": ssm_state must be float32; got ", sdt);
 }
 
@@ -322,7 +331,7 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
   };
   constexpr const char* op = "metamamba_step";
   const auto spec = comp::parse_mixer(mixer);
-  TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", h_t.sizes());
+  TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", shape_str(h_t.sizes()));
   const auto d = comp::check_block_params(
       op, h_t, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias, norm2_weight, norm2_bias,
       in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
