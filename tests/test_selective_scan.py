@@ -267,10 +267,17 @@ def test_absent_optionals_give_empty_grads(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_is_deterministic(device):
+    """Under torch.use_deterministic_algorithms(True) two runs are bit-identical (CUDA: per-block
+    partial sums in a fixed order instead of float atomics; the CPU kernels always are)."""
     x = make_inputs(batch=3, E=70, L=24, N=16, G=2, dtype=torch.float32, device=device, seed=9)
     dout = torch.randn_like(x["u"])
-    first = torch.ops.dmm.selective_scan_bwd(dout, *(x[k] for k in ARG_NAMES), True)
-    second = torch.ops.dmm.selective_scan_bwd(dout, *(x[k] for k in ARG_NAMES), True)
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first = torch.ops.dmm.selective_scan_bwd(dout, *(x[k] for k in ARG_NAMES), True)
+        second = torch.ops.dmm.selective_scan_bwd(dout, *(x[k] for k in ARG_NAMES), True)
+    finally:
+        torch.use_deterministic_algorithms(old)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
