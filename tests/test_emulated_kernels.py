@@ -243,7 +243,16 @@ def test_block_empty_inner_width(mixer):
     """Bug (block.cu before 88d0999): E == 0 launched a zero-size grid, "invalid configuration
     argument" on the GPU and an error in the emulator, which rejects a 0 grid dimension as the
     hardware does; the block now falls back to the composite."""
-    p = block_params(8, mixer, seed=1, expand=0)
+    p = block_params(8, mixer, seed=1, expand=1)
+    for k, v in p.items():  # the same parameters with E = 0: every E-sized dimension emptied
+        if v is not None and k not in ("norm1_weight", "norm1_bias", "mixer1_weight",
+                                       "mixer1_bias", "norm2_weight", "norm2_bias"):
+            E_dims = {"in_proj_weight": [0], "x_proj_weight": [1], "dt_proj_weight": [0],
+                      "dt_proj_bias": [0], "A_log": [0], "D": [0], "out_proj_weight": [1],
+                      "mixer2_weight": [2], "mixer2_bias": [1]}[k]
+            for dim in E_dims:
+                v = v.narrow(dim, 0, 0)
+            p[k] = v.contiguous()
     h = randn(2, 5, 8, seed=2)
     out = block_op(h, p, mixer)
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, mixer), rtol=1e-10, atol=1e-10)
@@ -279,3 +288,45 @@ def test_step_fuzzed_equals_block(mixer):
                                          cache["ssm_state"], *[p.get(k) for k in ref.PARAM_NAMES],
                                          mixer, 3, False, 1e-5, t) for t in range(8)]
     assert rel_err(torch.stack(outs, 1), ref.metamamba_block_ref(h, p, mixer)) < 1e-10
+
+
+# ---- which path ran: the fused kernels, not the composite ---------------------------------------------
+def blocks_during(fn):
+    before = torch.ops.dmm_emu.blocks_run()
+    result = fn()
+    return result, torch.ops.dmm_emu.blocks_run() - before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_wide_step_uses_opt_in_shared_memory(dtype):
+    """D = 1024: the step kernel needs more than 48 KB of shared memory (cudaFuncSetAttribute
+    opt-in, enforced by the emulator) and runs as one block per batch row; the fused forward shrinks
+    its preproj tile below 8 tokens. Low precisions round like the composite."""
+    p = block_params(1024, "conv", seed=22, dtype=dtype)
+    for k in ("A_log", "D", "dt_proj_bias"):
+        p[k] = p[k].float()
+    h = randn(2, 4, 1024, dtype=dtype, seed=23)
+    cache = ref.allocate_step_cache_ref(2, p, "conv", dtype, "cpu")
+    outs = []
+    for t in range(4):
+        out, blocks = blocks_during(lambda: torch.ops.dmm.metamamba_step(
+            h[:, t], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
+            *[p.get(k) for k in ref.PARAM_NAMES], "conv", 3, False, 1e-5, t))
+        assert blocks == 2  # the step kernel, one block per row (the composite launches nothing)
+        outs.append(out)
+    p64 = {k: None if v is None else v.double() for k, v in p.items()}
+    expected = ref.metamamba_block_ref(h.double(), p64, "conv")
+    tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    assert rel_err(torch.stack(outs, 1), expected) < tol
+    fused, blocks = blocks_during(lambda: block_op(h, p, "conv"))
+    assert blocks > 0
+    assert rel_err(fused, expected) < tol
+
+
+@pytest.mark.parametrize("mixer", ["line", "double-line"])
+def test_line_block_runs_kernels(mixer):
+    p = block_params(40, mixer, seed=8)
+    h = randn(1, 31, 40, seed=9)
+    out, blocks = blocks_during(lambda: block_op(h, p, mixer))
+    assert blocks > 0
+    assert rel_err(out, ref.metamamba_block_ref(h, p, mixer)) < 1e-10

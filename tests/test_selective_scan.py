@@ -283,9 +283,9 @@ def test_backward_is_deterministic(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("N", [17, 33, 64, 256])
+@pytest.mark.parametrize("N", [17, 33, 64, 100, 256])
 def test_many_states_across_chunks(device, N):
-    """N > 16 / 32 / 64 / 128 selects 2, 4 and 8 states per lane on CUDA; L = 130 crosses the
+    """N = 17 / 33 / 100 / 256 select 1, 2, 4 and 8 states per lane on CUDA; L = 130 crosses the
     forward's and the backward's chunk boundaries in float64 and float32 alike."""
     x = make_inputs(batch=2, E=5, L=130, N=N, G=None, device=device, seed=N)
     out, grads = _grads(dmm_kernels.selective_scan, x, True)
