@@ -202,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modal_mix_bwd_cuda(
     s.p.dbias_acc = s.bias.defined() ? dbias_parts.data_ptr() : nullptr;
     if (dbl) conv_bwd<double>(s.p, du.numel(), splits);
     else conv_bwd<float>(s.p, du.numel(), splits);
-    dweight = dweight_parts.sum(0);                                              // (M, W, D)
-    dbias = dbias_parts.sum(0);                                                  // (M, D)
+    dweight = parts > 1 ? dweight_parts.sum(0) : dweight_parts[0];               // (M, W, D)
+    dbias = parts > 1 ? dbias_parts.sum(0) : dbias_parts[0];                     // (M, D)
   }
   return {du, dweight.to(weight.scalar_type()),
           s.bias.defined() ? dbias.to(s.bias.scalar_type()) : none};
