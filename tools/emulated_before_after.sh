@@ -29,6 +29,9 @@ revert("cuda/modal_mix.cu", '{s.d.batch, s.d.len, s.d.dim_out}, "(batch, L, D_ou
 revert("cuda/block.cu", "d.N > 32 || d.E == 0 ||", "d.N > 32 ||")
 revert("cuda/block.cu", "if (row_bytes == 0 || row_bytes > kDefaultSmem) return p;",
        "if (row_bytes > kDefaultSmem) return p;")
+# 2b. any window W in the fused forward (the backward rejects W > 16)
+revert("cuda/block.cu", "d.W1 > kMaxModalMixWindow ||\n      (spec.is_double && d.W2 > kMaxModalMixWindow))",
+       "false)")
 # 3. float atomics also under torch.use_deterministic_algorithms(True)
 revert("cuda/selective_scan.cu", "const bool det = at::globalContext().deterministicAlgorithms();",
        "const bool det = false;")
@@ -43,6 +46,7 @@ TESTS=(
   "tests/test_emulated_kernels.py::test_line_output_width_d_out"
   "tests/test_emulated_kernels.py::test_block_empty_inner_width"
   "tests/test_emulated_kernels.py::test_block_no_states_no_dt_rank"
+  "tests/test_block_cuda.py::test_block_rejects_what_backward_rejects"
   "tests/test_emulated_kernels.py::test_deterministic_mode_is_bit_identical"
   "tests/test_selective_scan.py::test_absent_optionals_give_empty_grads"
 )
