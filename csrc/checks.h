@@ -13,11 +13,9 @@
 #include <string>
 #include <vector>
 
-namespace dmm {
+#include "dmm_limits.h"
 
-// Largest causal window of the modal mixer; the CUDA kernels keep a window of W tokens in
-// registers, so every backend enforces the same limit.
-constexpr int64_t kMaxModalMixWindow = 16;
+namespace dmm {
 
 inline std::string shape_str(c10::IntArrayRef sizes) {
   std::ostringstream os;

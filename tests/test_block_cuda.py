@@ -1,5 +1,7 @@
 """CUDA registration of the block ops (csrc/cuda/block.cu): fused forward, step kernel, composite
-backward. GPU only; every check compares with dmm_kernels.reference in float64.
+backward. Every check compares with dmm_kernels.reference in float64. Runs on a GPU, or on the CPU
+against the emulated kernels (DMM_KERNELS_LIBRARY=build/libdmm_emulated.so: the same block.cu
+compiled under the CUDA emulator and registered for CPU tensors).
 """
 import pytest
 import torch
@@ -7,8 +9,22 @@ import torch
 import dmm_kernels
 from dmm_kernels import reference as ref
 
+
+def _emulated():
+    """True when the loaded dmm library is the emulated kernels' one (it defines dmm_emu ops)."""
+    try:
+        torch.ops.dmm_emu.schedule_seed  # noqa: B018
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+EMULATED = dmm_kernels.HAS_EXTENSION and _emulated()
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not torch.cuda.is_available() and not EMULATED,
+                       reason="needs a CUDA GPU or the emulated kernels' library"),
     pytest.mark.skipif(not dmm_kernels.HAS_EXTENSION, reason="compiled dmm ops not loaded"),
 ]
 
@@ -36,7 +52,7 @@ def _no_tf32():
 def make_params(d_model, mixer, dtype, seed, d_state=16, window=6, n_modalities=3, expand=2):
     gen = torch.Generator().manual_seed(seed)
     p = ref.make_block_params(d_model, mixer, expand=expand, d_state=d_state, window=window,
-                              n_modalities=n_modalities, dtype=torch.float64, device="cuda",
+                              n_modalities=n_modalities, dtype=torch.float64, device=DEVICE,
                               generator=gen)
     return {k: None if v is None else v.to(torch.float32 if (k in SCAN_PARAMS and dtype != torch.float64) else dtype)
             for k, v in p.items()}
@@ -70,7 +86,7 @@ def rel_err(out, expected):
 
 def randn(*shape, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to("cuda", dtype)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE, dtype)
 
 
 # ---- forward -----------------------------------------------------------------------------------
@@ -114,7 +130,7 @@ def test_wide_model_paths():
     p = make_params(1024, mixer, torch.float32, seed=22)
     h = randn(2, 11, 1024, dtype=torch.float32, seed=23)
     assert rel_err(block_op(h, p, mixer), ref64(h, p, mixer)) < TOLERANCE[torch.float32]
-    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float32, "cuda")
+    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float32, DEVICE)
     steps = torch.stack([step_op(h[:, t], cache, p, mixer, position=t) for t in range(11)], 1)
     assert rel_err(steps, ref64(h, p, mixer)) < TOLERANCE[torch.float32]
 
@@ -132,7 +148,7 @@ def test_block_noncontiguous_and_empty():
     h = randn(9, 2, 32, dtype=torch.float64, seed=8).transpose(0, 1)  # (2, 9, 32), strided
     assert rel_err(block_op(h, p, "conv"), ref64(h, p, "conv")) < TOLERANCE[torch.float64]
     for shape in ((0, 9, 32), (2, 0, 32)):
-        out = block_op(torch.empty(shape, dtype=torch.float64, device="cuda"), p, "conv")
+        out = block_op(torch.empty(shape, dtype=torch.float64, device=DEVICE), p, "conv")
         assert out.shape == shape
 
 
@@ -173,7 +189,7 @@ def test_opcheck_block_ops(mixer):
 @pytest.mark.parametrize("mixer", ("conv", "double-line"))
 def test_opcheck_step(mixer):
     p = make_params(32, mixer, torch.float64, seed=15)
-    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64, "cuda")
+    cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64, DEVICE)
     cache["ssm_state"].copy_(randn(*cache["ssm_state"].shape, dtype=torch.float64, seed=16))
     h_t = randn(2, 32, dtype=torch.float64, seed=17)
     torch.library.opcheck(
@@ -189,7 +205,7 @@ def test_opcheck_step(mixer):
 def test_step_sequence_equals_block(mixer, dtype, batch, length):
     p = make_params(32, mixer, dtype, seed=18)
     h = randn(batch, length, 32, dtype=dtype, seed=19)
-    cache = ref.allocate_step_cache_ref(batch, p, mixer, dtype, "cuda")
+    cache = ref.allocate_step_cache_ref(batch, p, mixer, dtype, DEVICE)
     ref_cache = {k: None if v is None else v.double().clone() for k, v in cache.items()}
     p64 = {k: None if v is None else v.double() for k, v in p.items()}
     outs = []
@@ -207,22 +223,23 @@ def test_step_sequence_equals_block(mixer, dtype, batch, length):
 
 def test_step_empty_batch():
     p = make_params(32, "conv", torch.float32, seed=20)
-    cache = ref.allocate_step_cache_ref(0, p, "conv", torch.float32, "cuda")
-    out = step_op(torch.empty(0, 32, device="cuda"), cache, p, "conv", position=0)
+    cache = ref.allocate_step_cache_ref(0, p, "conv", torch.float32, DEVICE)
+    out = step_op(torch.empty(0, 32, device=DEVICE), cache, p, "conv", position=0)
     assert out.shape == (0, 32)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("mixer", ("conv", "double-line"))
 def test_step_cuda_graph_equals_eager(mixer):
     """The step kernel is capturable: replays equal eager calls from the same cache."""
     torch.manual_seed(0)
     p = make_params(64, mixer, torch.float32, seed=21)
-    cache = ref.allocate_step_cache_ref(4, p, mixer, torch.float32, "cuda")
+    cache = ref.allocate_step_cache_ref(4, p, mixer, torch.float32, DEVICE)
     for v in cache.values():
         if v is not None:
             v.copy_(torch.randn_like(v))
     start = {k: None if v is None else v.clone() for k, v in cache.items()}
-    h_static = torch.randn(4, 64, device="cuda")
+    h_static = torch.randn(4, 64, device=DEVICE)
     position = 5
 
     side = torch.cuda.Stream()
@@ -235,7 +252,7 @@ def test_step_cuda_graph_equals_eager(mixer):
     with torch.cuda.graph(graph):
         out_static = step_op(h_static, cache, p, mixer, position)
 
-    inputs = [torch.randn(4, 64, device="cuda") for _ in range(3)]
+    inputs = [torch.randn(4, 64, device=DEVICE) for _ in range(3)]
     for k, v in cache.items():
         if v is not None:
             v.copy_(start[k])

@@ -190,3 +190,22 @@ def test_absent_bias_gives_empty_grad(device):
     u, weight, _ = make_inputs("line", bias=False, device=device)
     dy = torch.ones_like(u)
     assert torch.ops.dmm.modal_mix_bwd(dy, u, weight, None, "line", 3, 0)[2].numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_backward_is_deterministic(device):
+    """Under torch.use_deterministic_algorithms(True) the conv weight / bias gradients (a reduction
+    over all tokens: float atomics across row splits on CUDA) are bit-identical from run to run."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(4, 300, 40, generator=g).to(device)
+    dy = torch.randn(4, 300, 40, generator=g).to(device)
+    w = torch.randn(3, 6, 40, generator=g).to(device)
+    b = torch.randn(3, 40, generator=g).to(device)
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.ops.dmm.modal_mix_bwd(dy, u, w, b, "conv", 3, 0) for _ in range(2)]
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)

@@ -19,10 +19,6 @@
 // `step_fits`). DMM_CUDA_BLOCK_UNFUSED=1 sends every call to the composite (A/B benchmarks).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -30,8 +26,14 @@
 #include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "block/composite.h"
+#include "checks.h"
+#include "cuda/common.cuh"
+#ifdef DMM_CUDA_EMULATION
+namespace dmm { namespace cuda { namespace block { DMM_EMU_DYNAMIC_SHARED(smem_raw); } } }
+#endif
 #include "cuda/block_kernels.cuh"
 
 namespace dmm {
@@ -79,7 +81,7 @@ const c10::TypedOperatorHandle<MixFwdSig>& mix_fwd_op() {
   return op;
 }
 
-size_t smem_optin() { return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin; }
+size_t smem_optin() { return device_properties().sharedMemPerBlockOptin; }
 
 // Raise a kernel's dynamic shared-memory limit past 48 KB; done once per (kernel, device, size)
 // so that a replay or a graph capture after a first eager call makes no runtime-config call.
@@ -89,7 +91,7 @@ void allow_smem(Kernel kernel, size_t bytes) {
   static std::mutex mutex;
   static std::map<std::pair<const void*, int>, size_t> granted;
   const std::lock_guard<std::mutex> lock(mutex);
-  size_t& g = granted[{reinterpret_cast<const void*>(kernel), int(c10::cuda::current_device())}];
+  size_t& g = granted[{reinterpret_cast<const void*>(kernel), current_device()}];
   if (g >= bytes) return;
   DMM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
@@ -136,12 +138,12 @@ void launch_ln_rows(const Tensor& x, const Tensor& add, const Tensor& w, const T
   const int D = int(x.size(-1));
   const int64_t rows = x.numel() / D;
   const int rows_per_cta = kLnThreads / 32;
-  ln_rows_kernel<acc_t><<<elementwise_blocks(rows, rows_per_cta), kLnThreads, 0,
-                          at::cuda::getCurrentCUDAStream()>>>(
+  DMM_LAUNCH(elementwise_blocks(rows, rows_per_cta), kLnThreads, 0, current_stream(),
+             ln_rows_kernel<acc_t>)(
       in_ptr(x), add.defined() ? in_ptr(add) : InPtr{}, in_ptr(w), in_ptr(bias),
       sum_out.defined() ? out_ptr(sum_out) : OutPtr{}, out_ptr(y), rows, D,
       static_cast<acc_t>(eps));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DMM_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename acc_t>
@@ -152,7 +154,7 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
                  const Tensor& w_out, const comp::MixerSpec& spec, const comp::BlockDims& d,
                  bool residual, double eps, const FwdPlan& plan) {
   const auto cdt = h.scalar_type();
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   const int64_t B = h.size(0), L = h.size(1);
   const int Dm = int(d.D), E = int(d.E), N = int(d.N), R = int(d.R), M = int(d.M);
   const bool line = spec.kind == "line";
@@ -164,10 +166,10 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
     const int tl = plan.tokens_per_cta;
     const size_t smem = sizeof(acc_t) * size_t(2 * tl + d.W1 - 1) * size_t(Dm);
     const dim3 grid(unsigned(ceil_div(L, tl)), unsigned(B));
-    preproj_conv_kernel<acc_t><<<grid, kPreprojThreads, smem, stream>>>(
+    DMM_LAUNCH(grid, kPreprojThreads, smem, stream, preproj_conv_kernel<acc_t>)(
         in_ptr(h), in_ptr(n1w), in_ptr(n1b), in_ptr(m1w), in_ptr(m1b), in_ptr(n2w), in_ptr(n2b),
         out_ptr(h1), out_ptr(v), int(L), Dm, int(d.W1), M, tl, static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    DMM_KERNEL_LAUNCH_CHECK();
   } else {
     Tensor u = at::empty_like(h);  // (B, L, D)
     launch_ln_rows<acc_t>(h, Tensor(), n1w, n1b, Tensor(), u, eps);
@@ -186,14 +188,14 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
                           .call(xz.narrow(-1, 0, E).contiguous(), as(*m2w, cdt), as(m2b, cdt),
                                 "line", M, 0)
                           .contiguous();  // (B, L, E)
-    silu_mix2_kernel<acc_t><<<elt_blocks, kEltThreads, 0, stream>>>(
+    DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
         in_ptr(xm), E, InPtr{}, InPtr{}, out_ptr(xs), n_rows, int(L), E, 0, M);
   } else {
-    silu_mix2_kernel<acc_t><<<elt_blocks, kEltThreads, 0, stream>>>(
+    DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
         in_ptr(xz), 2 * int64_t(E), spec.is_double ? in_ptr(m2w) : InPtr{},
         spec.is_double ? in_ptr(m2b) : InPtr{}, out_ptr(xs), n_rows, int(L), E, int(d.W2), M);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DMM_KERNEL_LAUNCH_CHECK();
 
   // 4-5. x_dbl = xs @ W_x^T; the fused scan.
   const Tensor x_dbl = at::linear(xs, as(w_x, cdt)).contiguous();  // (B, L, R + 2N)
@@ -203,18 +205,16 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
     const size_t smem = sizeof(acc_t) * size_t(chunk) * size_t(R + 2 * N);
     const int channels = kScanThreads / plan.scan_group;
     const dim3 grid(unsigned(ceil_div(E, channels)), unsigned(B));
-    auto launch = [&](auto kernel) {
-      kernel<<<grid, kScanThreads, smem, stream>>>(in_ptr(xs), in_ptr(x_dbl), in_ptr(xz),
-                                                   in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
-                                                   in_ptr(Dskip), out_ptr(y), int(L), E, N, R,
-                                                   chunk);
-    };
-    if (plan.scan_group == 4) {
-      launch(scan_kernel<acc_t, 4, 4>);  // N <= 16
-    } else {
-      launch(scan_kernel<acc_t, 8, 4>);  // N <= 32
+    if (plan.scan_group == 4) {  // N <= 16
+      DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 4, 4>)(
+          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
+          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
+    } else {  // N <= 32
+      DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 8, 4>)(
+          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
+          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    DMM_KERNEL_LAUNCH_CHECK();
   }
 
   // 6. out = y @ W_out^T (+ h1, in the GEMM's epilogue).
@@ -240,7 +240,7 @@ Tensor block_fwd(const Tensor& h, const Tensor& norm1_weight, const Tensor& norm
                                      eps);
   };
   const auto spec = comp::parse_mixer(mixer);
-  TORCH_CHECK(h.dim() == 3, "metamamba_block: h must be (B, L, D); got ", h.sizes());
+  TORCH_CHECK(h.dim() == 3, "metamamba_block: h must be (B, L, D); got ", shape_str(h.sizes()));
   const auto d = comp::check_block_params(
       "metamamba_block", h, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias, norm2_weight,
       norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight,
@@ -257,7 +257,7 @@ Tensor block_fwd(const Tensor& h, const Tensor& norm1_weight, const Tensor& norm
   const FwdPlan plan = fused_fwd_plan(h, spec, d, acc_size);
   if (!plan.fused) return composite();
 
-  const c10::cuda::CUDAGuard guard(h.device());
+  const DeviceGuard guard(h.device());
   const bool residual = residual_ssm || spec.is_double;
   // Contiguous views (no copies for ordinary parameters); the kernels read them by flat index.
   const auto run = [&](auto acc_tag) {
@@ -311,7 +311,7 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
   const size_t smem =
       acc_size * size_t(StepSmem(int(d.D), int(d.E), int(d.N), int(d.R), int(d.W1),
                                  spec.is_double ? int(d.W2) : 0).total);
-  const c10::cuda::CUDAGuard guard(h_t.device());  // before reading the device's smem limit
+  const DeviceGuard guard(h_t.device());  // before reading the device's smem limit
   if (force_unfused() || !layout_ok || !dtypes_ok || d.E == 0 || smem > smem_optin())
     return composite();
 
@@ -348,15 +348,15 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
   a.residual = residual_ssm || spec.is_double;
   a.eps = eps;
 
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   if (cdt == at::kDouble) {
     allow_smem(step_kernel<double>, smem);
-    step_kernel<double><<<unsigned(B), kStepThreads, smem, stream>>>(a);
+    DMM_LAUNCH(unsigned(B), kStepThreads, smem, stream, step_kernel<double>)(a);
   } else {
     allow_smem(step_kernel<float>, smem);
-    step_kernel<float><<<unsigned(B), kStepThreads, smem, stream>>>(a);
+    DMM_LAUNCH(unsigned(B), kStepThreads, smem, stream, step_kernel<float>)(a);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  DMM_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -365,7 +365,7 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
 }  // namespace cuda
 }  // namespace dmm
 
-TORCH_LIBRARY_IMPL(dmm, CUDA, m) {
+TORCH_LIBRARY_IMPL(dmm, DMM_KERNEL_DISPATCH_KEY, m) {
   m.impl("metamamba_block_fwd", &dmm::cuda::block::block_fwd);
   m.impl("metamamba_block_bwd", &dmm::composite::metamamba_block_bwd);
   m.impl("metamamba_step", &dmm::cuda::block::step);

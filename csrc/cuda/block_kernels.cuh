@@ -17,7 +17,7 @@
 // in acc_t (the composite's fp32 scan parameters).
 #pragma once
 
-#include "cuda/common.cuh"
+#include "cuda/device.cuh"
 
 namespace dmm {
 namespace cuda {
