@@ -378,9 +378,21 @@ def _new_collector(env_id: str, dataset_id: str):
 
     if dataset_id in minari.list_local_datasets():
         minari.delete_dataset(dataset_id)
-    # float32 observations, as in D4RL's files (MuJoCo's are float64): half the size
-    env = gym.wrappers.DtypeObservation(gym.make(env_id), np.float32)
-    return minari.DataCollector(env, record_infos=False)
+    # float32 observations, as in D4RL's files (MuJoCo's are float64): half the size. Cast in
+    # a StepDataCallback, not a wrapper, so the dataset's env_spec stays plain (serializable).
+    env = gym.make(env_id)
+    space = env.observation_space
+    obs_space = gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32),
+                               space.shape, np.float32)
+
+    class Float32Observations(minari.StepDataCallback):
+        def __call__(self, env, **kw):
+            data = super().__call__(env, **kw)
+            data["observation"] = np.asarray(data["observation"], np.float32)
+            return data
+
+    return minari.DataCollector(env, step_data_callback=Float32Observations, record_infos=False,
+                                observation_space=obs_space)
 
 
 def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
