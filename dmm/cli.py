@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="SAC steps after which to give up looking for the medium cut")
     dm.add_argument("--no-progress", action="store_true", help="no progress bars")
     dm.set_defaults(func=cmd_datasets_make)
+    di = dsub.add_parser(
+        "install", help="copy shipped datasets (e.g. datasets/hopper) into the D4RL and Minari "
+        "caches", description="Check the sha256 sums of DIR/MANIFEST.json, copy its HDF5 files "
+        "into $D4RL_DATASET_DIR (~/.d4rl/datasets) and unpack its Minari tarballs into "
+        "$MINARI_DATASETS_PATH (~/.minari/datasets), so d4rl:<name> and minari:<id> find them.")
+    di.add_argument("dir", help="folder holding MANIFEST.json (e.g. datasets/hopper)")
+    di.set_defaults(func=cmd_datasets_install)
 
     i = sub.add_parser("info", help="versions, compiled kernels, CUDA",
                        description="Print package versions, whether the compiled dmm_kernels "
@@ -268,6 +275,15 @@ def cmd_datasets_make(args) -> int:
         print(f"{kind:14s} {b['episodes']:6d} episodes {b['steps']:8d} steps  return "
               f"{b['return_mean']:8.1f} +- {b['return_std']:6.1f}  normalized "
               f"{b['normalized_mean']:5.1f}  d4rl: {meta['hdf5']}  minari: {meta['minari_id']}")
+    return 0
+
+
+def cmd_datasets_install(args) -> int:
+    from dmm.data import generate
+
+    d4rl, minari = generate.default_out_dirs()
+    for name in generate.install_shipped(Path(args.dir)):
+        print(f"installed {name}: {d4rl}, {minari}")
     return 0
 
 

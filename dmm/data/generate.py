@@ -318,7 +318,7 @@ class _MinariStore:
     """Points minari (DataCollector, load_dataset, ...) at one store while in the block."""
 
     def __init__(self, root: Path):
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # minari breaks on a relative MINARI_DATASETS_PATH
 
     def __enter__(self):
         self.old = os.environ.get("MINARI_DATASETS_PATH")
@@ -507,8 +507,8 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     task = task_of(env_id)
     work = Path(work) if work is not None else work_root() / f"{env_id}-seed{seed}"
     dd, md = default_out_dirs()
-    d4rl_dir = Path(d4rl_dir) if d4rl_dir is not None else dd
-    minari_dir = Path(minari_dir) if minari_dir is not None else md
+    d4rl_dir = (Path(d4rl_dir) if d4rl_dir is not None else dd).resolve()
+    minari_dir = (Path(minari_dir) if minari_dir is not None else md).resolve()  # minari needs it
     log = work / "make.log"
     work.mkdir(parents=True, exist_ok=True)
     kinds = list(kinds) if kinds else (list(KINDS) if until == "expert" else
@@ -519,10 +519,15 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     if any(k in ("expert", "medium-expert") for k in kinds):
         until = "expert"
     t0 = time.perf_counter()
-    state = train_sac(env_id, work, seed, until=until, progress=progress, log=log,
-                      **(train_kwargs or {}))
-    _log(f"SAC stage done in {time.perf_counter() - t0:.0f} s this call "
-         f"({state['train_seconds']:.0f} s of SAC in all, {state['timesteps']} steps)", log)
+    if kinds == ["random"]:  # needs no SAC: the state is whatever the work folder holds
+        state = (json.loads((work / "state.json").read_text()) if (work / "state.json").exists()
+                 else {"medium_threshold": medium_threshold(env_id), "medium": None,
+                       "expert": None, "timesteps": 0})
+    else:
+        state = train_sac(env_id, work, seed, until=until, progress=progress, log=log,
+                          **(train_kwargs or {}))
+        _log(f"SAC stage done in {time.perf_counter() - t0:.0f} s this call "
+             f"({state['train_seconds']:.0f} s of SAC in all, {state['timesteps']} steps)", log)
     lo, hi = REFERENCE_RETURNS[task]
     done_path = work / "datasets.json"
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
