@@ -96,6 +96,18 @@ def test_make_tiny_hopper_resumes_and_loads_through_both_loaders(tmp_path, one_t
                             minari_dir=out / "minari", progress=False,
                             train_kwargs=dict(max_medium_steps=600, threshold=-1e9, **tiny))
     assert again == res
+    # --until expert continues the same SAC run, then writes expert and medium-expert.
+    res2 = g.make_datasets("Hopper-v5", seed=3, until="expert", steps=300, work=work,
+                           d4rl_dir=out / "d4rl", minari_dir=out / "minari", progress=False,
+                           train_kwargs=dict(expert_steps=cut + 200, **tiny))
+    assert set(res2) == set(g.KINDS) and res2["medium"] == res["medium"]
+    assert json.loads((work / "state.json").read_text())["expert"]["step"] >= cut + 200
+    me = res2["medium-expert"]["behaviour"]
+    assert me["episodes"] == res["medium"]["behaviour"]["episodes"] + res2["expert"]["behaviour"]["episodes"]
+    for kind in ("expert", "medium-expert"):
+        h5 = load_hdf5(out / "d4rl" / g.hdf5_name("Hopper-v5", kind))
+        assert_same_data(h5, load_minari_from(out / "minari", g.minari_id("Hopper-v5", kind)))
+        assert len(h5.episodes) == res2[kind]["behaviour"]["episodes"]
     # Packing and installing give the same data back.
     manifest = g.pack("Hopper-v5", out, list(res))
     assert {m["episodes"] for m in manifest.values()} == {m["behaviour"]["episodes"] for m in res.values()}

@@ -396,12 +396,22 @@ def _new_collector(env_id: str, dataset_id: str):
 
 
 def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
+    import warnings
+
     import gymnasium
-    import minari
     import stable_baselines3
 
     lo, hi = REFERENCE_RETURNS[task_of(env_id)]
-    ds = collector.create_dataset(
+    with warnings.catch_warnings():  # "author_email is set to None": the project has none
+        warnings.filterwarnings("ignore", message=".*author_email.*")
+        ds = _create(collector, env_id, dataset_id, metadata, lo, hi, gymnasium, stable_baselines3)
+    ds.storage.update_metadata({"dmm_metadata": json.dumps(metadata)})
+    collector.close()
+    return ds
+
+
+def _create(collector, env_id, dataset_id, metadata, lo, hi, gymnasium, stable_baselines3):
+    return collector.create_dataset(
         dataset_id=dataset_id, eval_env=env_id,
         algorithm_name=f"SAC (stable-baselines3 {stable_baselines3.__version__}), `dmm datasets make`",
         author="decision-metamamba", code_permalink="dmm/data/generate.py",
@@ -410,9 +420,6 @@ def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
                      f"(recipe {RECIPE_VERSION}); D4RL's reference returns for normalization. "
                      + json.dumps(metadata["behaviour"])),
         requirements=[f"gymnasium[mujoco]=={gymnasium.__version__}"])
-    ds.storage.update_metadata({"dmm_metadata": json.dumps(metadata)})
-    collector.close()
-    return ds
 
 
 def rollout_dataset(env_id: str, policy, n_steps: int, seed: int, stream: int, dataset_id: str,
