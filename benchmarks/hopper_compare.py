@@ -82,6 +82,20 @@ def run(args) -> None:
             print(f"{row} seed {seed}: failed (rc {rc}), see {log}", flush=True)
 
 
+def _n_params(run_dir: Path) -> int | None:
+    """Parameter count: the training log's line, else the checkpoint's tensors."""
+    log = run_dir.parent / f"{run_dir.name}.log"
+    m = re.search(r"\(([\d,]+) parameters\)", log.read_text()) if log.exists() else None
+    if m:
+        return int(m.group(1).replace(",", ""))
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if ckpt.exists():
+        import torch
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+        return int(sum(v.numel() for v in state.values()))
+    return None
+
+
 def summary(args) -> None:
     import numpy as np
 
@@ -96,9 +110,7 @@ def summary(args) -> None:
             res = json.loads(res_path.read_text())
             scores.append(res["final_eval"]["score_mean"])
             secs.append(res["elapsed_s"])
-            log = run_dir.parent / f"{run_dir.name}.log"
-            m = re.search(r"\(([\d,]+) parameters\)", log.read_text()) if log.exists() else None
-            params = int(m.group(1).replace(",", "")) if m else params
+            params = params or _n_params(run_dir)
         if scores:
             rows.append({"row": row, "label": label, "seeds": len(scores),
                          "scores": [round(s, 1) for s in scores],
@@ -114,7 +126,8 @@ def summary(args) -> None:
              "parameters | training time (s, mean) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['seeds']} | **{r['mean']:.1f} ± {r['std']:.1f}** | "
-                     f"{' / '.join(f'{s:.1f}' for s in r['scores'])} | {r['params'] or '?':,} | "
+                     f"{' / '.join(f'{s:.1f}' for s in r['scores'])} | "
+                     f"{format(r['params'], ',') if r['params'] else '?'} | "
                      f"{r['seconds_mean']:.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
