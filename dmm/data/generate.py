@@ -258,7 +258,7 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
             n = self.num_timesteps
             assert model.replay_buffer.size() == min(n, SAC_KWARGS["buffer_size"])
             seconds = time.perf_counter() - t_start
-            if n >= self.next_eval and state["medium"] is None:
+            if n >= self.next_eval:  # after the cut too: the way to the expert is logged
                 self.next_eval = (n // eval_every + 1) * eval_every
                 rets = evaluate_policy_returns(model, env_id, seed, eval_episodes)
                 state["evals"].append({"step": n, "return_mean": float(rets.mean()),
@@ -266,7 +266,7 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
                 rate = (n - start_steps) / max(seconds - t0_seconds, 1e-9)
                 _log(f"{env_id} step {n}: eval return {rets.mean():.1f} +- {rets.std():.1f} "
                      f"({self.episodes} episodes, {rate:.1f} steps/s this call)", log)
-                if rets.mean() >= threshold:
+                if state["medium"] is None and rets.mean() >= threshold:
                     model.save(work / "medium.zip")
                     np.savez_compressed(work / "medium_replay.npz", **_extract_buffer(model, n),
                                         n_episodes=self.episodes)
