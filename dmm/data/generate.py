@@ -214,12 +214,15 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
              f"{threshold:.1f}", log)
 
     def checkpoint(n_steps, n_episodes, seconds):
+        # Write all three, then swap them in together: an interruption leaves either the old
+        # checkpoint or the new one (but for a window of microseconds between the renames).
         model.save(work / "model.tmp.zip")
-        os.replace(work / "model.tmp.zip", work / "model.zip")
         model.save_replay_buffer(work / "replay_buffer.tmp.pkl")
-        os.replace(work / "replay_buffer.tmp.pkl", work / "replay_buffer.pkl")
         state.update(timesteps=n_steps, episodes=n_episodes, train_seconds=round(seconds, 1))
-        _atomic_json(state_path, state)
+        (work / "state.tmp.json").write_text(json.dumps(state, indent=1))
+        os.replace(work / "model.tmp.zip", work / "model.zip")
+        os.replace(work / "replay_buffer.tmp.pkl", work / "replay_buffer.pkl")
+        os.replace(work / "state.tmp.json", state_path)
 
     bar = None
     if progress:
