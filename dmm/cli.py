@@ -308,7 +308,8 @@ def cmd_datasets(args) -> int:
     for f in files:
         print(f"  {f.stem}  ({f.stat().st_size / 2**20:.0f} MiB)")
     minari = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
-    found = sorted(str(p.parent.relative_to(minari)) for p in minari.rglob("metadata.json")) \
+    found = sorted(str(p.parent.relative_to(minari)).removesuffix("/data")  # minari >= 0.5
+                   for p in minari.rglob("metadata.json") if p.parent != minari) \
         if minari.is_dir() else []
     print(f"Minari cache {minari} (spec minari:<id>):" + ("" if found else " nothing found"))
     for f in found:

@@ -164,6 +164,7 @@ def test_shipped_hopper_dataset_loads_through_both_loaders(name, tmp_path):
         np.testing.assert_allclose(rets.mean(), m["return_mean"], rtol=1e-5)
         np.testing.assert_allclose(rets.std(), m["return_std"], rtol=1e-4)
     assert_same_data(h5, mi)
+    assert h5.target_return == mi.target_return == 3600.0  # the DT target for hopper
     with h5py.File(h5_path, "r") as f:
         meta = json.loads(f.attrs["dmm_metadata"])
     assert meta["behaviour"]["episodes"] == m["episodes"]
