@@ -110,6 +110,48 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--prepare", action="store_true", help="generate and cache the embedded "
                    "datasets now")
     d.set_defaults(func=cmd_datasets)
+    dsub = d.add_subparsers(dest="datasets_command", metavar="make")
+    dm = dsub.add_parser(
+        "make", help="make MuJoCo locomotion datasets the D4RL way (SAC online, then save)",
+        description="Train SAC (stable-baselines3, fixed recipe: dmm/data/generate.py) on a "
+        "Gymnasium MuJoCo v5 task and write random, medium (the policy at the first evaluation "
+        "reaching a third of D4RL's expert return) and medium-replay (the replay buffer up to "
+        "it), and with --until expert also expert and medium-expert, as Minari datasets "
+        "(through minari's DataCollector) and D4RL-layout HDF5 files. Resumable: SAC "
+        "checkpoints and finished datasets are kept in the work folder "
+        "($DMM_CACHE_DIR/sac/ENV-seedS, default ~/.cache/dmm/sac/...), so a later call "
+        "continues. Needs: pip install 'gymnasium[mujoco]' stable-baselines3 'minari[create]'.")
+    dm.add_argument("env", help="Hopper-v5 | HalfCheetah-v5 | Walker2d-v5")
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--until", choices=["medium", "expert"], default="medium",
+                    help="train SAC to the medium cut (default) or on to the expert")
+    dm.add_argument("--kinds", nargs="+", metavar="KIND",
+                    help="datasets to write: random medium medium-replay expert medium-expert "
+                    "(default: the first three, all five with --until expert)")
+    dm.add_argument("--steps", type=int, default=None,
+                    help="steps of each random / medium / expert dataset, whole episodes "
+                    "(default 1000000 as D4RL)")
+    dm.add_argument("--out", help="write <out>/d4rl/*.hdf5 and the Minari store <out>/minari "
+                    "(default: D4RL's and Minari's caches, where d4rl:<name> and minari:<id> "
+                    "read)")
+    dm.add_argument("--work", help="SAC work folder (default $DMM_CACHE_DIR/sac/ENV-seedS)")
+    dm.add_argument("--no-next-observations", action="store_true",
+                    help="leave next_observations out of the HDF5 files (40%% smaller)")
+    dm.add_argument("--pack", action="store_true", help="also write <out>/<task>-<kind>-"
+                    "minari.tar.xz of each Minari dataset and <out>/MANIFEST.json (what the "
+                    "repository ships)")
+    dm.add_argument("--force", action="store_true", help="rewrite datasets already written")
+    dm.add_argument("--max-medium-steps", type=int, default=None,
+                    help="SAC steps after which to give up looking for the medium cut")
+    dm.add_argument("--no-progress", action="store_true", help="no progress bars")
+    dm.set_defaults(func=cmd_datasets_make)
+    di = dsub.add_parser(
+        "install", help="copy shipped datasets (e.g. datasets/hopper) into the D4RL and Minari "
+        "caches", description="Check the sha256 sums of DIR/MANIFEST.json, copy its HDF5 files "
+        "into $D4RL_DATASET_DIR (~/.d4rl/datasets) and unpack its Minari tarballs into "
+        "$MINARI_DATASETS_PATH (~/.minari/datasets), so d4rl:<name> and minari:<id> find them.")
+    di.add_argument("dir", help="folder holding MANIFEST.json (e.g. datasets/hopper)")
+    di.set_defaults(func=cmd_datasets_install)
 
     i = sub.add_parser("info", help="versions, compiled kernels, CUDA",
                        description="Print package versions, whether the compiled dmm_kernels "
@@ -216,6 +258,41 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_datasets_make(args) -> int:
+    from dmm.data import generate
+
+    out = Path(args.out) if args.out else None
+    kw = {}
+    if args.max_medium_steps is not None:
+        kw["max_medium_steps"] = args.max_medium_steps
+    res = generate.make_datasets(
+        args.env, seed=args.seed, until=args.until, kinds=args.kinds,
+        steps=args.steps if args.steps is not None else generate.DATASET_STEPS,
+        work=Path(args.work) if args.work else None,
+        d4rl_dir=out / "d4rl" if out else None, minari_dir=out / "minari" if out else None,
+        progress=not args.no_progress, force=args.force,
+        next_observations=not args.no_next_observations, train_kwargs=kw)
+    if args.pack:
+        if out is None:
+            raise SystemExit("--pack needs --out")
+        generate.pack(args.env, out, list(res))
+    for kind, meta in res.items():
+        b = meta["behaviour"]
+        print(f"{kind:14s} {b['episodes']:6d} episodes {b['steps']:8d} steps  return "
+              f"{b['return_mean']:8.1f} +- {b['return_std']:6.1f}  normalized "
+              f"{b['normalized_mean']:5.1f}  d4rl: {meta['hdf5']}  minari: {meta['minari_id']}")
+    return 0
+
+
+def cmd_datasets_install(args) -> int:
+    from dmm.data import generate
+
+    d4rl, minari = generate.default_out_dirs()
+    for name in generate.install_shipped(Path(args.dir)):
+        print(f"installed {name}: {d4rl}, {minari}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     names = list(embedded.DATASETS)
     print("embedded datasets (spec embedded:<name>):")
@@ -235,7 +312,8 @@ def cmd_datasets(args) -> int:
     for f in files:
         print(f"  {f.stem}  ({f.stat().st_size / 2**20:.0f} MiB)")
     minari = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
-    found = sorted(str(p.parent.relative_to(minari)) for p in minari.rglob("metadata.json")) \
+    found = sorted(str(p.parent.relative_to(minari)).removesuffix("/data")  # minari >= 0.5
+                   for p in minari.rglob("metadata.json") if p.parent != minari) \
         if minari.is_dir() else []
     print(f"Minari cache {minari} (spec minari:<id>):" + ("" if found else " nothing found"))
     for f in found:

@@ -86,7 +86,9 @@ def load_minari(dataset_id: str) -> TrajectoryDataset:
     refs = refs or REFERENCE_RETURNS.get(family)
     max_steps = spec.max_episode_steps if spec is not None else None
     reward_scale = 1.0 if family == "antmaze" else 1000.0 if family else 1.0
+    from .d4rl import TASKS  # D4RL task families: the same target as their HDF5 files get
+    target = TASKS[family][2] if family in TASKS else (refs[1] if refs else None)
     return TrajectoryDataset(
         episodes, name=dataset_id, env_id=env_id, reference_returns=refs, reward_scale=reward_scale,
-        target_return=refs[1] if refs else None, max_ep_len=max_steps, action_scale=scale,
+        target_return=target, max_ep_len=max_steps, action_scale=scale,
         metadata={"source": source, "format": "minari", "minari_version": meta.get("minari_version")})
