@@ -102,8 +102,8 @@ SO=$(ls dmm_kernels/_C*.so | head -1)
 command -v cuobjdump >/dev/null && cuobjdump --dump-resource-usage "$SO" >"$LOGS/resource_usage.txt" 2>&1
 
 # ---- tests and sanitizers, side by side -------------------------------------------------------------
-CUDA_TESTS="tests/test_selective_scan.py tests/test_modal_mix.py tests/test_ops_registration.py
-  tests/test_block.py tests/test_step.py tests/test_block_cuda.py"
+CUDA_TESTS="tests/test_selective_scan.py tests/test_selective_scan_mamba.py tests/test_modal_mix.py
+  tests/test_ops_registration.py tests/test_block.py tests/test_step.py tests/test_block_cuda.py"
 if [ "$PHASE" != bench ]; then
   SANITIZER_PIDS=()
   if [ $DRY = 0 ] && command -v compute-sanitizer >/dev/null; then
