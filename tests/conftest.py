@@ -3,6 +3,18 @@ import torch
 
 import dmm_kernels
 
+
+def _emulated_library() -> bool:
+    """Whether the loaded dmm library is the emulated CUDA kernels' (it defines dmm_emu ops)."""
+    try:
+        torch.ops.dmm_emu.schedule_seed  # noqa: B018
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+# The CUDA kernels of csrc/cuda running CPU tensors on the emulator (DMM_KERNELS_LIBRARY=...).
+EMULATED = dmm_kernels.HAS_EXTENSION and _emulated_library()
 # The Triton kernels running CPU tensors through Triton's interpreter (CI's Triton pass).
 TRITON_INTERPRETED = dmm_kernels.BACKEND["cpu"].startswith("triton")
 # gradcheck makes hundreds of launches that the interpreter runs in Python; under it the fp64

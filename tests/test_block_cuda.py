@@ -7,19 +7,9 @@ import pytest
 import torch
 
 import dmm_kernels
+from conftest import EMULATED
 from dmm_kernels import reference as ref
 
-
-def _emulated():
-    """True when the loaded dmm library is the emulated kernels' one (it defines dmm_emu ops)."""
-    try:
-        torch.ops.dmm_emu.schedule_seed  # noqa: B018
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-EMULATED = dmm_kernels.HAS_EXTENSION and _emulated()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 pytestmark = [

@@ -13,18 +13,10 @@ import pytest
 import torch
 
 import dmm_kernels
+from conftest import EMULATED
 from dmm_kernels import reference as ref
 
-
-def _emulated():
-    try:
-        torch.ops.dmm_emu.schedule_seed  # noqa: B018
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
-pytestmark = pytest.mark.skipif(not (dmm_kernels.HAS_EXTENSION and _emulated()),
+pytestmark = pytest.mark.skipif(not EMULATED,
                                 reason="needs the emulated kernels' library (DMM_KERNELS_LIBRARY)")
 
 SEEDS = [1, 2, 3]  # schedule seeds besides 0 (in order)
