@@ -15,7 +15,7 @@ import torch
 import dmm_kernels
 from dmm import __version__
 from dmm.config import apply_overrides, available_configs, make_config, merge
-from dmm.data import embedded, load_dataset
+from dmm.data import embedded, generate, load_dataset
 from dmm.data.d4rl import d4rl_cache_dir
 from dmm.evaluate import evaluate_checkpoint
 from dmm.train import train
@@ -259,7 +259,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_datasets_make(args) -> int:
-    from dmm.data import generate
 
     out = Path(args.out) if args.out else None
     kw = {}
@@ -285,7 +284,6 @@ def cmd_datasets_make(args) -> int:
 
 
 def cmd_datasets_install(args) -> int:
-    from dmm.data import generate
 
     d4rl, minari = generate.default_out_dirs()
     for name in generate.install_shipped(Path(args.dir)):

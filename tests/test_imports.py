@@ -13,7 +13,11 @@ PACKAGES = ("dmm", "dmm_kernels")
 # Imports allowed inside a function: optional dependencies whose absence must not break import.
 OPTIONAL = {("dmm.data.minari", "minari"),
             # Triton is optional too (a CPU torch has none): its kernels load only when chosen.
-            ("dmm_kernels.backend", "dmm_kernels.triton.ops")}
+            ("dmm_kernels.backend", "dmm_kernels.triton.ops"),
+            # `dmm datasets make` alone needs the "datasets" extra (stable-baselines3, minari[create]).
+            ("dmm.data.generate", "stable_baselines3"),
+            ("dmm.data.generate", "stable_baselines3.common.callbacks"),
+            ("dmm.data.generate", "minari")}
 
 
 def module_files() -> dict[str, Path]:

@@ -37,14 +37,22 @@ generator is not checkpointed), but every file it writes is self-consistent.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tarfile
 import time
+import warnings
 from pathlib import Path
 
+import gymnasium as gym
+import h5py
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from .d4rl import d4rl_cache_dir
 from .scores import REFERENCE_RETURNS, task_family
 
 # ---- the recipe (documented in README.md; changing it changes the data: bump RECIPE_VERSION) --
@@ -115,7 +123,6 @@ def _atomic_json(path: Path, obj) -> None:
 # ---- stage 1: SAC ------------------------------------------------------------------------------
 
 def _seeded_resets_env(env_id: str, base_seed: int, first_episode: int):
-    import gymnasium as gym
 
     class SeededResets(gym.Wrapper):
         """Resets episode i with episode_seed(seed, 1, i), whatever seed the caller passes, so
@@ -135,7 +142,6 @@ def _seeded_resets_env(env_id: str, base_seed: int, first_episode: int):
 
 def evaluate_policy_returns(model, env_id: str, seed: int, n: int = EVAL_EPISODES,
                             deterministic: bool = False, stream: int = 2) -> np.ndarray:
-    import gymnasium as gym
 
     env = gym.make(env_id)
     out = []
@@ -173,7 +179,6 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
               progress: bool = True, log: Path | None = None) -> dict:
     """Train (or resume) SAC until the medium cut (until='medium') or EXPERT_STEPS ('expert').
     Returns state.json's content."""
-    import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -226,7 +231,6 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
 
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=target, initial=state["timesteps"], unit="step", desc=f"SAC {env_id}",
                    mininterval=2.0, smoothing=0.05)
     t0_seconds = state["train_seconds"]
@@ -311,7 +315,6 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
 
 def default_out_dirs() -> tuple[Path, Path]:
     """(D4RL HDF5 folder, Minari store): the caches the loaders read by default."""
-    from .d4rl import d4rl_cache_dir
 
     minari_root = os.environ.get("MINARI_DATASETS_PATH") or os.path.expanduser("~/.minari/datasets")
     return Path(d4rl_cache_dir()), Path(minari_root)
@@ -358,7 +361,6 @@ def _summary(arrays: dict, env_id: str) -> dict:
 def write_hdf5(path: Path, arrays: dict, metadata: dict, next_observations: bool = True) -> None:
     """D4RL layout, float32 / bool, gzip; `metadata` as JSON in the attribute dmm_metadata.
     next_observations (D4RL's v2 files have them) can be left out: the files are 40% smaller."""
-    import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -376,7 +378,6 @@ def write_hdf5(path: Path, arrays: dict, metadata: dict, next_observations: bool
 
 
 def _new_collector(env_id: str, dataset_id: str):
-    import gymnasium as gym
     import minari
 
     if dataset_id in minari.list_local_datasets():
@@ -399,21 +400,18 @@ def _new_collector(env_id: str, dataset_id: str):
 
 
 def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
-    import warnings
-
-    import gymnasium
     import stable_baselines3
 
     lo, hi = REFERENCE_RETURNS[task_of(env_id)]
     with warnings.catch_warnings():  # "author_email is set to None": the project has none
         warnings.filterwarnings("ignore", message=".*author_email.*")
-        ds = _create(collector, env_id, dataset_id, metadata, lo, hi, gymnasium, stable_baselines3)
+        ds = _create(collector, env_id, dataset_id, metadata, lo, hi, stable_baselines3)
     ds.storage.update_metadata({"dmm_metadata": json.dumps(metadata)})
     collector.close()
     return ds
 
 
-def _create(collector, env_id, dataset_id, metadata, lo, hi, gymnasium, stable_baselines3):
+def _create(collector, env_id, dataset_id, metadata, lo, hi, stable_baselines3):
     return collector.create_dataset(
         dataset_id=dataset_id, eval_env=env_id,
         algorithm_name=f"SAC (stable-baselines3 {stable_baselines3.__version__}), `dmm datasets make`",
@@ -422,7 +420,7 @@ def _create(collector, env_id, dataset_id, metadata, lo, hi, gymnasium, stable_b
         description=(f"{env_id} {metadata['kind']} data made the D4RL way by `dmm datasets make` "
                      f"(recipe {RECIPE_VERSION}); D4RL's reference returns for normalization. "
                      + json.dumps(metadata["behaviour"])),
-        requirements=[f"gymnasium[mujoco]=={gymnasium.__version__}"])
+        requirements=[f"gymnasium[mujoco]=={gym.__version__}"])
 
 
 def rollout_dataset(env_id: str, policy, n_steps: int, seed: int, stream: int, dataset_id: str,
@@ -435,7 +433,6 @@ def rollout_dataset(env_id: str, policy, n_steps: int, seed: int, stream: int, d
     buf = {k: [] for k in keys}
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=n_steps, unit="step", desc=desc, mininterval=2.0)
     total, i = 0, 0
     while total < n_steps:
@@ -469,7 +466,6 @@ def replay_dataset(env_id: str, arrays: dict, seed: int, dataset_id: str, progre
         raise ValueError("the replay buffer must end with a complete episode")
     it = range(len(ends))
     if progress:
-        from tqdm import tqdm
         it = tqdm(it, unit="episode", desc="medium-replay via DataCollector", mininterval=2.0)
     start, worst = 0, 0.0
     for i in it:
@@ -490,7 +486,6 @@ def replay_dataset(env_id: str, arrays: dict, seed: int, dataset_id: str, progre
 def _policy_fn(model, deterministic: bool = False):
     """obs -> env action of an SB3 SAC model: what model.predict computes, without its
     per-call overhead (3x faster on one thread)."""
-    import torch
 
     actor, policy = model.policy.actor, model.policy
     policy.set_training_mode(False)
@@ -509,8 +504,6 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
                   train_kwargs: dict | None = None) -> dict:
     """`dmm datasets make ENV`: train (or resume) SAC, then write every dataset of `kinds` that is
     not written yet (force: rewrite). Returns {kind: summary}."""
-    import gymnasium as gym
-    import torch
     from stable_baselines3 import SAC
 
     torch.set_num_threads(1)
@@ -620,7 +613,6 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
 
 
 def _read_hdf5_arrays(path: Path) -> dict:
-    import h5py
 
     with h5py.File(path, "r") as f:
         out = {k: f[k][()] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
@@ -636,7 +628,6 @@ def minari_tarball_name(env_id: str, kind: str) -> str:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -650,7 +641,6 @@ def pack(env_id: str, out: Path, kinds) -> dict:
     files, paths relative to the store; fixed mtimes and owners) for each kind, and
     <out>/MANIFEST.json: file names, sha256, episode and step counts, returns. Minari's HDF5
     files keep much unused chunk space that xz removes (6x smaller)."""
-    import tarfile
 
     out = Path(out)
     store = out / "minari"
@@ -696,7 +686,6 @@ def install_shipped(src: Path, d4rl_dir: Path | None = None, minari_dir: Path | 
                     verify: bool = True) -> list[str]:
     """Copy the shipped HDF5 files of <src>/MANIFEST.json into the D4RL cache and unpack the
     Minari tarballs into the Minari store (defaults: the caches the loaders read)."""
-    import tarfile
 
     src = Path(src)
     dd, md = default_out_dirs()

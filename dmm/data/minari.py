@@ -9,6 +9,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from .d4rl import TASKS
 from .dataset import TrajectoryDataset
 from .scores import REFERENCE_RETURNS, task_family
 
@@ -86,7 +87,7 @@ def load_minari(dataset_id: str) -> TrajectoryDataset:
     refs = refs or REFERENCE_RETURNS.get(family)
     max_steps = spec.max_episode_steps if spec is not None else None
     reward_scale = 1.0 if family == "antmaze" else 1000.0 if family else 1.0
-    from .d4rl import TASKS  # D4RL task families: the same target as their HDF5 files get
+    # D4RL task families get the same evaluation target as their HDF5 files.
     target = TASKS[family][2] if family in TASKS else (refs[1] if refs else None)
     return TrajectoryDataset(
         episodes, name=dataset_id, env_id=env_id, reference_returns=refs, reward_scale=reward_scale,
