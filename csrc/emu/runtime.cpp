@@ -364,14 +364,15 @@ std::string settle(Block& b) {
          " (every thread of the block must reach each barrier)";
 }
 
+// A snapshot of the registered dynamic shared-memory arrays (one per DMM_EMU_DYNAMIC_SHARED).
+std::vector<SmemEntry> smem_entries() {
+  const std::lock_guard<std::mutex> lock(smem_registry_mutex());
+  return smem_registry();
+}
+
 void fill_dynamic_smem(const Block& b) {
-  std::vector<SmemEntry> entries;
-  {
-    const std::lock_guard<std::mutex> lock(smem_registry_mutex());
-    entries = smem_registry();
-  }
   const size_t cap = kMaxDynamicSmem + kSmemGuard;
-  for (const SmemEntry& e : entries) {
+  for (const SmemEntry& e : smem_entries()) {
     unsigned char* p = e.get();
 #ifdef DMM_EMU_ASAN
     ASAN_UNPOISON_MEMORY_REGION(p, cap);
@@ -386,13 +387,8 @@ void fill_dynamic_smem(const Block& b) {
 
 // A write past the requested dynamic shared memory shows as a changed guard byte.
 std::string check_smem_guard(const Block& b) {
-  std::vector<SmemEntry> entries;
-  {
-    const std::lock_guard<std::mutex> lock(smem_registry_mutex());
-    entries = smem_registry();
-  }
   const size_t cap = kMaxDynamicSmem + kSmemGuard;
-  for (const SmemEntry& e : entries) {
+  for (const SmemEntry& e : smem_entries()) {
     unsigned char* p = e.get();
 #ifdef DMM_EMU_ASAN
     ASAN_UNPOISON_MEMORY_REGION(p, cap);
