@@ -24,10 +24,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "datasets" / "hopper" / "d4rl"
@@ -46,12 +50,16 @@ ROWS = {
 BUDGET = {"steps": 5000, "warmup": 500, "eval_episodes": 20, "lr": "3e-4"}
 
 
+def run_dir_of(dataset: str, row: str, seed: int) -> Path:
+    return ROOT / "runs" / "hopper-compare" / dataset / f"{row}-seed{seed}"
+
+
 def commands(dataset: str, seeds, budget: dict) -> list[tuple[str, int, list[str], Path]]:
     data = DATA / f"hopper-{dataset}-dmm-v0.hdf5"
     out = []
     for row, (_, extra) in ROWS.items():
         for seed in seeds:
-            run_dir = ROOT / "runs" / "hopper-compare" / dataset / f"{row}-seed{seed}"
+            run_dir = run_dir_of(dataset, row, seed)
             cfg = [] if "--config" in extra else ["--config", f"hopper-{dataset}"]
             cmd = ["dmm", "train", *cfg, "--dataset", str(data.relative_to(ROOT)),
                    "--seed", str(seed), "--steps", str(budget["steps"]),
@@ -70,7 +78,6 @@ def run(args) -> None:
             print(f"{row} seed {seed}: done", flush=True)
             continue
         if run_dir.exists():  # an interrupted run: start it again (simple and deterministic)
-            import shutil
             shutil.rmtree(run_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         print(f"{time.strftime('%H:%M:%S')} {row} seed {seed}: {shlex.join(cmd)}", flush=True)
@@ -90,20 +97,17 @@ def _n_params(run_dir: Path) -> int | None:
         return int(m.group(1).replace(",", ""))
     ckpt = run_dir / "checkpoints" / "last.pt"
     if ckpt.exists():
-        import torch
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
         return int(sum(v.numel() for v in state.values()))
     return None
 
 
 def summary(args) -> None:
-    import numpy as np
-
     rows = []
     for row, (label, _) in ROWS.items():
         scores, secs, params = [], [], None
         for seed in args.seeds:
-            run_dir = ROOT / "runs" / "hopper-compare" / args.dataset / f"{row}-seed{seed}"
+            run_dir = run_dir_of(args.dataset, row, seed)
             res_path = run_dir / "results.json"
             if not res_path.exists():
                 continue
