@@ -4,13 +4,19 @@ replay), launches per call, peak memory of one forward. Writes a JSON list of ro
     python tools/gpu/bench_block.py OUT.json [--device cuda] [--quick]
 """
 import argparse
+import itertools
 import json
-import statistics
+import os
+import sys
 
 import torch
 
 import dmm_kernels
 from dmm_kernels import reference as ref
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
+import timing  # noqa: E402  (benchmarks/timing.py)
+from scan_speed import kernel_launches  # noqa: E402
 
 SHAPES = {"paper": (64, 24, 128), "rl-large": (256, 60, 256)}  # (B, L, D), DESIGN.md section 6
 MIXERS = ("conv", "line", "double-conv")
@@ -19,33 +25,13 @@ SCAN_PARAMS = ("A_log", "D", "dt_proj_bias")  # fp32 in low-precision blocks, as
 
 
 def median_ms(fn, inputs, reps, warmup):
-    """Median per-call time over rotating inputs: CUDA events on the GPU, a host clock on CPU."""
-    for i in range(warmup):
-        fn(inputs[i % len(inputs)])
-    times = []
-    for i in range(reps):
-        if inputs[0].is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(inputs[i % len(inputs)])
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            import time
-            t0 = time.perf_counter()
-            fn(inputs[i % len(inputs)])
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median per-call time of fn over the inputs in rotation (benchmarks/timing.median_ms)."""
+    rotation = itertools.cycle(inputs)
+    return timing.median_ms(lambda: fn(next(rotation)), inputs[0].device, reps, warmup)
 
 
 def launches(fn, x):
-    if not x.is_cuda:
-        return float("nan")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        fn(x)
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return kernel_launches(lambda: fn(x), x.device.type)
 
 
 def step_graph_ms(step, xs, reps):
