@@ -2,14 +2,14 @@
 DMM (preset v1, conv mixer), DMM preset v2 (dense mixer), Decision Mamba (`--mixer none`) and the
 Decision Transformer, same data and training budget, several seeds each.
 
-  python benchmarks/hopper_compare.py run [--dataset medium-replay] [--seeds 0 1 2] [--steps N]
+  python benchmarks/hopper_compare.py run [--dataset medium-replay] [--seeds 0 1 2] [--steps N] [--jobs 2]
   python benchmarks/hopper_compare.py summary [--dataset medium-replay]
 
-`run` trains the rows one after another (one `dmm train` process at a time, one thread), each
-into runs/hopper-compare/<dataset>/<row>-seed<S>; a run whose results.json exists is skipped,
-so an interrupted `run` continues. `summary` writes benchmarks/results/hopper_compare_<dataset>
-.{csv,md,png}: final normalized score (mean +- std over seeds), parameter count and training time
-per row. `--print-commands` prints the one `dmm train` command per row and seed.
+`run` trains every row and seed (seed by seed, `--jobs` single-threaded `dmm train` processes
+side by side), each into runs/hopper-compare/<dataset>/<row>-seed<S>; a run whose results.json
+exists is skipped, so an interrupted `run` continues. `summary` writes benchmarks/results/
+hopper_compare_<dataset>.{csv,md,png}: final normalized score (mean +- std over seeds), parameter
+count and training time per row. `commands` prints the one `dmm train` command per row and seed.
 
 The budget (BUDGET below) is what a 2-core CPU machine carries: the paper's architecture
 (K 8, 3 layers, d_model 128, 64 for v2) and optimiser, but a short schedule. The bundled configs
@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,22 +72,32 @@ def commands(dataset: str, seeds, budget: dict) -> list[tuple[str, int, list[str
     return out
 
 
+def _train_one(row: str, seed: int, cmd: list[str], run_dir: Path) -> None:
+    if run_dir.exists():  # an interrupted run: start it again (simple and deterministic)
+        shutil.rmtree(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{time.strftime('%H:%M:%S')} {row} seed {seed}: {shlex.join(cmd)}", flush=True)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    with open(log, "w") as f:
+        rc = subprocess.call([sys.executable, "-m", "dmm", *cmd[1:]], cwd=ROOT, stdout=f,
+                             stderr=subprocess.STDOUT)
+    status = "done" if rc == 0 else f"failed (rc {rc}), see {log}"
+    print(f"{time.strftime('%H:%M:%S')} {row} seed {seed}: {status}", flush=True)
+
+
 def run(args) -> None:
     budget = dict(BUDGET, steps=args.steps or BUDGET["steps"])
+    todo = []
     for row, seed, cmd, run_dir in commands(args.dataset, args.seeds, budget):
+        if row not in args.rows:
+            continue
         if (run_dir / "results.json").exists():
             print(f"{row} seed {seed}: done", flush=True)
-            continue
-        if run_dir.exists():  # an interrupted run: start it again (simple and deterministic)
-            shutil.rmtree(run_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        print(f"{time.strftime('%H:%M:%S')} {row} seed {seed}: {shlex.join(cmd)}", flush=True)
-        log = run_dir.parent / f"{run_dir.name}.log"
-        with open(log, "w") as f:
-            rc = subprocess.call([sys.executable, "-m", "dmm", *cmd[1:]], cwd=ROOT, stdout=f,
-                                 stderr=subprocess.STDOUT)
-        if rc != 0:
-            print(f"{row} seed {seed}: failed (rc {rc}), see {log}", flush=True)
+        else:
+            todo.append((row, seed, cmd, run_dir))
+    todo.sort(key=lambda job: job[1])  # seed by seed: every row has results early    # Each run is one single-threaded process, so --jobs up to the core count run side by side.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda job: _train_one(*job), todo))
 
 
 def _n_params(run_dir: Path) -> int | None:
@@ -157,6 +168,9 @@ def main() -> None:
     p.add_argument("--dataset", default="medium-replay", choices=["medium-replay", "medium"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=None, help=f"training steps (default {BUDGET['steps']})")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to train")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side (each uses one thread; at most the number of cores)")
     args = p.parse_args()
     if args.what == "run":
         run(args)

@@ -239,6 +239,19 @@ __device__ void stage_chunk(const ScanParams& p, const ScanBlock& blk, const Sca
   }
 }
 
+// This lane's entries n = r + j * width of A's row e (zero past N or for an idle slot), and a
+// zero state: the start of both scans.
+template <int NPL, typename acc_t>
+__device__ __forceinline__ void load_lane_A(const ScanParams& p, bool active, int e, int r,
+                                            int width, acc_t (&a)[NPL], acc_t (&s)[NPL]) {
+#pragma unroll
+  for (int j = 0; j < NPL; ++j) {
+    const int n = r + j * width;
+    a[j] = active && n < p.dstate ? load<acc_t>(p.A, int64_t(e) * p.dstate + n) : acc_t(0);
+    s[j] = acc_t(0);
+  }
+}
+
 template <int NPL, typename acc_t>
 __global__ void __launch_bounds__(kScanThreads)
     selective_scan_fwd_kernel(const ScanParams p) {
@@ -253,12 +266,7 @@ __global__ void __launch_bounds__(kScanThreads)
   const int N = p.dstate, row = lay.row;
 
   acc_t s[NPL], a[NPL];
-#pragma unroll
-  for (int j = 0; j < NPL; ++j) {
-    const int n = r + j * width;
-    a[j] = active && n < N ? load<acc_t>(p.A, int64_t(e) * N + n) : acc_t(0);
-    s[j] = acc_t(0);
-  }
+  load_lane_A<NPL>(p, active, e, r, width, a, s);
 
   for (int k = 0; k < p.n_chunks; ++k) {
     const int l0 = k * p.chunk, len = min(p.chunk, p.len - l0);
@@ -326,12 +334,7 @@ __global__ void __launch_bounds__(kScanThreads)
   for (int i = tid; i < 2 * p.chans; i += kScanThreads) sDsum[i] = acc_t(0);  // dsum, dbsum
 
   acc_t s[NPL], a[NPL];
-#pragma unroll
-  for (int j = 0; j < NPL; ++j) {
-    const int n = r + j * width;
-    a[j] = active && n < N ? load<acc_t>(p.A, int64_t(e) * N + n) : acc_t(0);
-    s[j] = acc_t(0);
-  }
+  load_lane_A<NPL>(p, active, e, r, width, a, s);
 
   // Phase 1: states entering chunks 1..n_chunks-1 (chunk 0 starts from zero).
   for (int k = 0; k + 1 < p.n_chunks; ++k) {
