@@ -9,7 +9,7 @@ Decision Transformer, same data and training budget, several seeds each.
 side by side), each into runs/hopper-compare/<dataset>/<row>-seed<S>; a run whose results.json
 exists is skipped, so an interrupted `run` continues. `summary` writes benchmarks/results/
 hopper_compare_<dataset>.{csv,md,png}: final normalized score (mean +- std over seeds), parameter
-count and training time per row. `commands` prints the one `dmm train` command per row and seed.
+count and wall time per run (training and the final evaluation) per row. `commands` prints the one `dmm train` command per row and seed.
 
 The budget (BUDGET below) is what a 2-core CPU machine carries: the paper's architecture
 (K 8, 3 layers, d_model 128, 64 for v2) and optimiser, but a short schedule. The bundled configs
@@ -114,7 +114,7 @@ def _n_params(run_dir: Path) -> int | None:
 
 
 def summary(args) -> None:
-    rows = []
+    rows, data_score = [], None
     for row, (label, _) in ROWS.items():
         scores, secs, params = [], [], None
         for seed in args.seeds:
@@ -125,6 +125,7 @@ def summary(args) -> None:
             res = json.loads(res_path.read_text())
             scores.append(res["final_eval"]["score_mean"])
             secs.append(res["elapsed_s"])
+            data_score = res.get("dataset_normalized_return", data_score)
             params = params or _n_params(run_dir)
         if scores:
             rows.append({"row": row, "label": label, "seeds": len(scores),
@@ -138,7 +139,7 @@ def summary(args) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = ["| model | seeds | final normalized score (mean ± std over seeds) | per seed | "
-             "parameters | training time (s, mean) |", "|---|---|---|---|---|---|"]
+             "parameters | wall time per run (s, mean; training + final evaluation) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['seeds']} | **{r['mean']:.1f} ± {r['std']:.1f}** | "
                      f"{' / '.join(f'{s:.1f}' for s in r['scores'])} | "
@@ -156,8 +157,12 @@ def summary(args) -> None:
             ax.bar(i, r["mean"], yerr=r["std"], capsize=4, color="C%d" % i, alpha=0.7)
             ax.plot([i] * len(r["scores"]), r["scores"], "k.", ms=6)
         ax.set_xticks(range(len(rows)), [r["label"].split(" (")[0] for r in rows], fontsize=8)
+        if data_score is not None:
+            ax.axhline(data_score, color="k", ls="--", lw=1, label=f"dataset average ({data_score:.1f})")
+            ax.legend(fontsize=8, loc="upper right")
         ax.set_ylabel("normalized score (D4RL refs)")
-        ax.set_title(f"Hopper-v5 {args.dataset} (dmm datasets make), mean ± std over seeds")
+        ax.set_title(f"Hopper-v5 {args.dataset} (dmm datasets make), {BUDGET['steps']} steps, "
+                     "mean ± std over seeds", fontsize=10)
         fig.tight_layout()
         fig.savefig(out.with_suffix(".png"), dpi=120)
 
