@@ -9,7 +9,8 @@ Decision Transformer, same data and training budget, several seeds each.
 side by side), each into runs/hopper-compare/<dataset>/<row>-seed<S>; a run whose results.json
 exists is skipped, so an interrupted `run` continues. `summary` writes benchmarks/results/
 hopper_compare_<dataset>.{csv,md,png}: final normalized score (mean +- std over seeds), parameter
-count and wall time per run (training and the final evaluation) per row. `commands` prints the one `dmm train` command per row and seed.
+count and wall time per run (training and the final evaluation) per row. `commands` prints the
+one `dmm train` command per row and seed.
 
 The budget (BUDGET below) is what a 2-core CPU machine carries: the paper's architecture
 (K 8, 3 layers, d_model 128, 64 for v2) and optimiser, but a short schedule. The bundled configs
@@ -95,7 +96,8 @@ def run(args) -> None:
             print(f"{row} seed {seed}: done", flush=True)
         else:
             todo.append((row, seed, cmd, run_dir))
-    todo.sort(key=lambda job: job[1])  # seed by seed: every row has results early    # Each run is one single-threaded process, so --jobs up to the core count run side by side.
+    todo.sort(key=lambda job: job[1])  # seed by seed: every row has results early
+    # Each run is one single-threaded process, so --jobs up to the core count run side by side.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(lambda job: _train_one(*job), todo))
 
@@ -139,7 +141,8 @@ def summary(args) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = ["| model | seeds | final normalized score (mean ± std over seeds) | per seed | "
-             "parameters | wall time per run (s, mean; training + final evaluation) |", "|---|---|---|---|---|---|"]
+             "parameters | wall time per run (s, mean; training + final evaluation) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['seeds']} | **{r['mean']:.1f} ± {r['std']:.1f}** | "
                      f"{' / '.join(f'{s:.1f}' for s in r['scores'])} | "
@@ -177,6 +180,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="runs side by side (each uses one thread; at most the number of cores)")
     args = p.parse_args()
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1; got {args.jobs}")
     if args.what == "run":
         run(args)
     elif args.what == "summary":
