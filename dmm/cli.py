@@ -189,6 +189,15 @@ def _flag_overrides(args) -> dict:
     return out
 
 
+def train_config(args) -> dict:
+    """The configuration `dmm train` trains with: the named config, then flags, then overrides."""
+    changes = _flag_overrides(args)
+    cfg = make_config(args.config, model=args.model)
+    if "mixer" in changes.get("model", {}) and cfg["model"]["model"] != "dmm":
+        raise ValueError("--mixer applies to DMM only; drop it or use --model dmm")
+    return apply_overrides(merge(cfg, changes), args.overrides)
+
+
 def cmd_train(args) -> int:
     changes = _flag_overrides(args)
     if args.resume:
@@ -197,11 +206,7 @@ def cmd_train(args) -> int:
                              "--eval-*, --device and --out may be given with it")
         train(changes, resume=args.resume, progress=not args.no_progress)
         return 0
-    cfg = make_config(args.config, model=args.model)
-    if "mixer" in changes.get("model", {}) and cfg["model"]["model"] != "dmm":
-        raise ValueError("--mixer applies to DMM only; drop it or use --model dmm")
-    cfg = apply_overrides(merge(cfg, changes), args.overrides)
-    train(cfg, progress=not args.no_progress)
+    train(train_config(args), progress=not args.no_progress)
     return 0
 
 

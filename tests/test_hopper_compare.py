@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dmm.cli import _flag_overrides, build_parser
-from dmm.config import apply_overrides, make_config, merge, model_config, resolve_config
+from dmm.cli import build_parser, train_config
+from dmm.config import model_config, resolve_config
 from dmm.data import load_dataset
 from dmm.factory import build_model
 
@@ -20,10 +20,8 @@ _spec.loader.exec_module(hopper_compare)
 
 
 def _train_config(cmd: list[str]) -> dict:
-    """The configuration `dmm train` would train with (as dmm.cli.cmd_train builds it)."""
-    args = build_parser().parse_args(cmd[1:])
-    cfg = make_config(args.config, model=args.model)
-    return apply_overrides(merge(cfg, _flag_overrides(args)), args.overrides)
+    """The configuration `dmm train` would train with."""
+    return train_config(build_parser().parse_args(cmd[1:]))
 
 
 @pytest.mark.parametrize("dataset", ["medium-replay", "medium"])
