@@ -123,6 +123,8 @@ void set_nan_fill(bool on);
 bool nan_fill();
 // Blocks run by this OS thread so far (a test hook).
 uint64_t blocks_run();
+// Kernel launches this OS thread made so far (each valid DMM_LAUNCH).
+uint64_t launches_run();
 // The race check of shared and global memory (memcheck.cpp; initially DMM_EMU_RACECHECK=1). Process-wide.
 void set_racecheck(bool on);
 bool racecheck();

@@ -6,14 +6,15 @@
 //   torch.ops.dmm_emu.set_racecheck(on)         the race check (DMM_EMU_RACECHECK=1 sets it at load)
 //   torch.ops.dmm_emu.racecheck() -> bool
 //   torch.ops.dmm_emu.blocks_run() -> int       blocks emulated so far on this thread
+//   torch.ops.dmm_emu.launches_run() -> int     kernel launches so far on this thread
 //   torch.ops.dmm_emu.counters() -> (str[], Tensor)
 //       per kernel (its text in DMM_LAUNCH, e.g. "selective_scan_fwd_kernel<1, acc_t>"), an int64 row
 //       [launches, blocks, bytes_read, bytes_written, unique_bytes_read, unique_bytes_written] of
 //       global-memory traffic through checked pointers since the last reset (unique: distinct bytes
 //       per launch, summed over launches)
 //   torch.ops.dmm_emu.reset_counters()
-// Seed, NaN fill and blocks_run are per OS thread (CPU autograd runs the backward on the calling
-// thread); the race check and the counters are process-wide.
+// Seed, NaN fill, blocks_run and launches_run are per OS thread (CPU autograd runs the backward on
+// the calling thread); the race check and the counters are process-wide.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -30,6 +31,7 @@ void set_nan_fill(bool on) { dmm::emu::set_nan_fill(on); }
 void set_racecheck(bool on) { dmm::emu::set_racecheck(on); }
 bool racecheck() { return dmm::emu::racecheck(); }
 int64_t blocks_run() { return int64_t(dmm::emu::blocks_run()); }
+int64_t launches_run() { return int64_t(dmm::emu::launches_run()); }
 
 std::tuple<std::vector<std::string>, at::Tensor> counters() {
   const auto all = dmm::emu::kernel_counters();
@@ -55,6 +57,7 @@ TORCH_LIBRARY(dmm_emu, m) {
   m.def("set_racecheck(bool on) -> ()", &set_racecheck);
   m.def("racecheck() -> bool", &racecheck);
   m.def("blocks_run() -> int", &blocks_run);
+  m.def("launches_run() -> int", &launches_run);
   m.def("counters() -> (str[], Tensor)", &counters);
   m.def("reset_counters() -> ()", &reset_counters);
 }
