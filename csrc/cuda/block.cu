@@ -31,9 +31,6 @@
 #include "block/composite.h"
 #include "checks.h"
 #include "cuda/common.cuh"
-#ifdef DMM_CUDA_EMULATION
-namespace dmm { namespace cuda { namespace block { DMM_EMU_DYNAMIC_SHARED(smem_raw); } } }
-#endif
 #include "cuda/block_kernels.cuh"
 
 namespace dmm {
@@ -140,8 +137,8 @@ void launch_ln_rows(const Tensor& x, const Tensor& add, const Tensor& w, const T
   const int rows_per_cta = kLnThreads / 32;
   DMM_LAUNCH(elementwise_blocks(rows, rows_per_cta), kLnThreads, 0, current_stream(),
              ln_rows_kernel<acc_t>)(
-      in_ptr(x), add.defined() ? in_ptr(add) : InPtr{}, in_ptr(w), in_ptr(bias),
-      sum_out.defined() ? out_ptr(sum_out) : OutPtr{}, out_ptr(y), rows, D,
+      in_ptr(x, "x"), in_ptr(add, "add"), in_ptr(w, "norm_weight"), in_ptr(bias, "norm_bias"),
+      sum_out.defined() ? out_ptr(sum_out, "sum") : OutPtr{}, out_ptr(y, "y"), rows, D,
       static_cast<acc_t>(eps));
   DMM_KERNEL_LAUNCH_CHECK();
 }
@@ -160,18 +157,20 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
   const bool line = spec.kind == "line";
 
   // 1. h1 = h + mixer_1(LN_1(h)),  v = LN_2(h1).
-  Tensor h1 = at::empty_like(h);  // (B, L, D)
-  Tensor v = at::empty_like(h);   // (B, L, D)
+  Tensor h1 = empty_output_like(h);  // (B, L, D)
+  Tensor v = empty_output_like(h);   // (B, L, D)
   if (!line) {
     const int tl = plan.tokens_per_cta;
     const size_t smem = sizeof(acc_t) * size_t(2 * tl + d.W1 - 1) * size_t(Dm);
     const dim3 grid(unsigned(ceil_div(L, tl)), unsigned(B));
     DMM_LAUNCH(grid, kPreprojThreads, smem, stream, preproj_conv_kernel<acc_t>)(
-        in_ptr(h), in_ptr(n1w), in_ptr(n1b), in_ptr(m1w), in_ptr(m1b), in_ptr(n2w), in_ptr(n2b),
-        out_ptr(h1), out_ptr(v), int(L), Dm, int(d.W1), M, tl, static_cast<acc_t>(eps));
+        in_ptr(h, "h"), in_ptr(n1w, "norm1_weight"), in_ptr(n1b, "norm1_bias"),
+        in_ptr(m1w, "mixer1_weight"), in_ptr(m1b, "mixer1_bias"), in_ptr(n2w, "norm2_weight"),
+        in_ptr(n2b, "norm2_bias"), out_ptr(h1, "h1"), out_ptr(v, "v"), int(L), Dm, int(d.W1), M, tl,
+        static_cast<acc_t>(eps));
     DMM_KERNEL_LAUNCH_CHECK();
   } else {
-    Tensor u = at::empty_like(h);  // (B, L, D)
+    Tensor u = empty_output_like(h);  // (B, L, D)
     launch_ln_rows<acc_t>(h, Tensor(), n1w, n1b, Tensor(), u, eps);
     const Tensor mixed =
         mix_fwd_op().call(u, as(m1w, cdt), as(m1b, cdt), "line", M, 0).contiguous();  // (B, L, D)
@@ -180,7 +179,7 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
 
   // 2-3. xz = v @ W_in^T; xs = SiLU([mixer_2](x)).
   const Tensor xz = at::linear(v, as(w_in, cdt)).contiguous();  // (B, L, 2E)
-  Tensor xs = at::empty({B, L, E}, h.options());                 // (B, L, E)
+  Tensor xs = empty_output({B, L, E}, h.options());              // (B, L, E)
   const int64_t n_rows = B * L;
   const unsigned elt_blocks = elementwise_blocks(n_rows * E, kEltThreads);
   if (spec.is_double && line) {
@@ -189,17 +188,18 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
                                 "line", M, 0)
                           .contiguous();  // (B, L, E)
     DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
-        in_ptr(xm), E, InPtr{}, InPtr{}, out_ptr(xs), n_rows, int(L), E, 0, M);
+        in_ptr(xm, "x"), E, InPtr{}, InPtr{}, out_ptr(xs, "xs"), n_rows, int(L), E, 0, M);
   } else {
     DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
-        in_ptr(xz), 2 * int64_t(E), spec.is_double ? in_ptr(m2w) : InPtr{},
-        spec.is_double ? in_ptr(m2b) : InPtr{}, out_ptr(xs), n_rows, int(L), E, int(d.W2), M);
+        in_ptr(xz, "xz"), 2 * int64_t(E), spec.is_double ? in_ptr(m2w, "mixer2_weight") : InPtr{},
+        spec.is_double ? in_ptr(m2b, "mixer2_bias") : InPtr{}, out_ptr(xs, "xs"), n_rows, int(L), E,
+        int(d.W2), M);
   }
   DMM_KERNEL_LAUNCH_CHECK();
 
   // 4-5. x_dbl = xs @ W_x^T; the fused scan.
   const Tensor x_dbl = at::linear(xs, as(w_x, cdt)).contiguous();  // (B, L, R + 2N)
-  Tensor y = at::empty({B, L, E}, h.options());                     // (B, L, E)
+  Tensor y = empty_output({B, L, E}, h.options());                  // (B, L, E)
   {
     const int chunk = plan.scan_chunk;
     const size_t smem = sizeof(acc_t) * size_t(chunk) * size_t(R + 2 * N);
@@ -207,12 +207,14 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
     const dim3 grid(unsigned(ceil_div(E, channels)), unsigned(B));
     if (plan.scan_group == 4) {  // N <= 16
       DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 4, 4>)(
-          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
-          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
+          in_ptr(xs, "xs"), in_ptr(x_dbl, "x_dbl"), in_ptr(xz, "xz"), in_ptr(w_dt, "dt_proj_weight"),
+          in_ptr(dt_bias, "dt_proj_bias"), in_ptr(A_log, "A_log"), in_ptr(Dskip, "D"), out_ptr(y, "y"),
+          int(L), E, N, R, chunk);
     } else {  // N <= 32
       DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 8, 4>)(
-          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
-          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
+          in_ptr(xs, "xs"), in_ptr(x_dbl, "x_dbl"), in_ptr(xz, "xz"), in_ptr(w_dt, "dt_proj_weight"),
+          in_ptr(dt_bias, "dt_proj_bias"), in_ptr(A_log, "A_log"), in_ptr(Dskip, "D"), out_ptr(y, "y"),
+          int(L), E, N, R, chunk);
     }
     DMM_KERNEL_LAUNCH_CHECK();
   }
@@ -325,21 +327,22 @@ Tensor step(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixe
                w_out = out_proj_weight.contiguous();
   const OptTensor m1b = contig(mixer1_bias), m2w = contig(mixer2_weight),
                   m2b = contig(mixer2_bias);
-  Tensor out = at::empty({B, d.D}, h_t.options());  // (B, D)
+  Tensor out = empty_output({B, d.D}, h_t.options());  // (B, D)
 
   StepArgs a;
-  a.h = in_ptr(hc);
-  a.out = out_ptr(out);
-  a.cache1 = mixer1_cache.numel() > 0 ? mixer1_cache.data_ptr() : nullptr;
-  a.cache1_dt = dtype_tag(mixer1_cache.scalar_type());
-  a.cache2 = spec.is_double && mixer2_cache->numel() > 0 ? mixer2_cache->data_ptr() : nullptr;
-  a.cache2_dt = dtype_tag(spec.is_double ? mixer2_cache->scalar_type() : cdt);
-  a.state = ssm_state.data_ptr();
-  a.state_dt = dtype_tag(ssm_state.scalar_type());
-  a.n1w = in_ptr(n1w); a.n1b = in_ptr(n1b); a.m1w = in_ptr(m1w); a.m1b = in_ptr(m1b);
-  a.n2w = in_ptr(n2w); a.n2b = in_ptr(n2b); a.w_in = in_ptr(w_in);
-  a.m2w = in_ptr(m2w); a.m2b = in_ptr(m2b); a.w_x = in_ptr(w_x); a.w_dt = in_ptr(w_dt);
-  a.dt_bias = in_ptr(dtb); a.A_log = in_ptr(a_log); a.Dskip = in_ptr(dsk); a.w_out = in_ptr(w_out);
+  a.h = in_ptr(hc, "h_t");
+  a.out = out_ptr(out, "out");
+  a.cache1 = out_ptr(mixer1_cache, "mixer1_cache");
+  a.cache2 = spec.is_double ? out_ptr(*mixer2_cache, "mixer2_cache") : OutPtr{};
+  a.state = out_ptr(ssm_state, "ssm_state");
+  a.n1w = in_ptr(n1w, "norm1_weight"); a.n1b = in_ptr(n1b, "norm1_bias");
+  a.m1w = in_ptr(m1w, "mixer1_weight"); a.m1b = in_ptr(m1b, "mixer1_bias");
+  a.n2w = in_ptr(n2w, "norm2_weight"); a.n2b = in_ptr(n2b, "norm2_bias");
+  a.w_in = in_ptr(w_in, "in_proj_weight");
+  a.m2w = in_ptr(m2w, "mixer2_weight"); a.m2b = in_ptr(m2b, "mixer2_bias");
+  a.w_x = in_ptr(w_x, "x_proj_weight"); a.w_dt = in_ptr(w_dt, "dt_proj_weight");
+  a.dt_bias = in_ptr(dtb, "dt_proj_bias"); a.A_log = in_ptr(a_log, "A_log");
+  a.Dskip = in_ptr(dsk, "D"); a.w_out = in_ptr(w_out, "out_proj_weight");
   a.D = int(d.D); a.E = int(d.E); a.N = int(d.N); a.R = int(d.R);
   a.W1 = int(d.W1); a.W2 = spec.is_double ? int(d.W2) : 0;
   a.m = int(position % n_modalities);

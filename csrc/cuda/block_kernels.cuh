@@ -51,7 +51,7 @@ __device__ __forceinline__ acc_t silu_(acc_t x) {
 // Sum over the whole CTA; every thread gets the total. `red` holds >= 32 acc_t. Deterministic
 // (fixed order). Starts with a barrier so that back-to-back calls may reuse `red`.
 template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
+__device__ __forceinline__ acc_t block_sum(acc_t v, sptr<acc_t> red) {
   v = group_sum(v, 32);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   __syncthreads();
@@ -72,9 +72,8 @@ template <typename acc_t>
 __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, InPtr m1b,
                                     InPtr n2w, InPtr n2b, OutPtr h1_out, OutPtr v_out, int L,
                                     int D, int W, int M, int TL, acc_t eps) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* u = reinterpret_cast<acc_t*>(smem_raw);  // (TL + W - 1, D)
-  acc_t* hs = u + int64_t(TL + W - 1) * D;        // (TL, D)
+  const sptr<acc_t> u = dynamic_smem<acc_t>();          // (TL + W - 1, D)
+  const sptr<acc_t> hs = u + int64_t(TL + W - 1) * D;  // (TL, D)
   const DType act = h1_out.dt;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   const int b = blockIdx.y, t0 = blockIdx.x * TL;
@@ -85,7 +84,7 @@ __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, In
   // touches only columns d = lane + 32 j of its warp's row, so no barrier is needed inside a row.
   for (int i = warp; i < n_rows; i += n_warps) {
     const int t = r0 + i;
-    acc_t* row = u + int64_t(i) * D;
+    const sptr<acc_t> row = u + int64_t(i) * D;
     if (t < 0 || t >= L) {
       for (int d = lane; d < D; d += 32) row[d] = acc_t(0);
       continue;
@@ -112,7 +111,7 @@ __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, In
     if (t >= L) break;  // rows are visited in increasing j: the rest are past the end too
     const int m = t % M;
     const int64_t base = (int64_t(b) * L + t) * D;
-    acc_t* hrow = hs + int64_t(j) * D;
+    const sptr<acc_t> hrow = hs + int64_t(j) * D;
     acc_t s = 0;
     for (int d = lane; d < D; d += 32) {
       acc_t mix = m1b.p != nullptr ? load_w<acc_t>(m1b, int64_t(m) * D + d, act) : acc_t(0);
@@ -211,8 +210,7 @@ __global__ void silu_mix2_kernel(InPtr x, int64_t x_pitch, InPtr m2w, InPtr m2b,
 template <typename acc_t, int kGroup, int kNPerLane>
 __global__ void scan_kernel(InPtr xs, InPtr xdbl, InPtr xz, InPtr w_dt, InPtr dt_bias,
                             InPtr A_log, InPtr Dskip, OutPtr y, int L, int E, int N, int R, int T) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* xd = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> xd = dynamic_smem<acc_t>();
   const DType act = y.dt;
   const int P = R + 2 * N;
   const int g = threadIdx.x % kGroup;
@@ -237,7 +235,7 @@ __global__ void scan_kernel(InPtr xs, InPtr xdbl, InPtr xz, InPtr w_dt, InPtr dt
     for (int i = threadIdx.x; i < Tc * P; i += blockDim.x) xd[i] = load<acc_t>(xdbl, src + i);
     __syncthreads();
     for (int tt = 0; tt < Tc; ++tt) {
-      const acc_t* row = xd + int64_t(tt) * P;
+      const sptr<const acc_t> row = xd + int64_t(tt) * P;
       const int64_t tok = int64_t(b) * L + c0 + tt;
       acc_t dt = 0;
       if (valid)
@@ -271,9 +269,9 @@ __global__ void scan_kernel(InPtr xs, InPtr xdbl, InPtr xz, InPtr w_dt, InPtr dt
 struct StepArgs {
   InPtr h;                       // (B, D)
   OutPtr out;                    // (B, D)
-  void* cache1; DType cache1_dt; // (B, W1-1, D)
-  void* cache2; DType cache2_dt; // (B, W2-1, E) or nullptr
-  void* state; DType state_dt;   // (B, E, N) float32 (float64 allowed for float64 h)
+  OutPtr cache1;                 // (B, W1-1, D), updated in place
+  OutPtr cache2;                 // (B, W2-1, E) or absent
+  OutPtr state;                  // (B, E, N) float32 (float64 allowed for float64 h)
   InPtr n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A_log, Dskip, w_out;
   int D, E, N, R, W1, W2, m;     // m: modality of this token
   bool line;                     // mixer kind "line" (else "conv")
@@ -304,7 +302,7 @@ struct StepSmem {
 // the (contiguous) row. `emit(r, value)` runs on lane 0.
 template <typename acc_t, typename Emit>
 __device__ __forceinline__ void warp_matvec(const InPtr& w, int64_t w_off, int rows, int cols,
-                                            const acc_t* x, DType act, Emit emit) {
+                                            sptr<const acc_t> x, DType act, Emit emit) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   for (int r = warp; r < rows; r += n_warps) {
     const int64_t base = w_off + int64_t(r) * cols;
@@ -317,9 +315,9 @@ __device__ __forceinline__ void warp_matvec(const InPtr& w, int64_t w_off, int r
 
 // LayerNorm of a D-vector in shared memory, whole CTA; writes round(LN(x)) to y (may alias x).
 template <typename acc_t>
-__device__ __forceinline__ void block_layernorm(const acc_t* x, acc_t* y, int D, const InPtr& w,
-                                                const InPtr& bias, acc_t eps, DType act,
-                                                acc_t* red) {
+__device__ __forceinline__ void block_layernorm(sptr<const acc_t> x, sptr<acc_t> y, int D,
+                                                const InPtr& w, const InPtr& bias, acc_t eps,
+                                                DType act, sptr<acc_t> red) {
   acc_t s = 0;
   for (int d = threadIdx.x; d < D; d += blockDim.x) s += x[d];
   const acc_t mean = block_sum(s, red) / D;
@@ -333,7 +331,7 @@ __device__ __forceinline__ void block_layernorm(const acc_t* x, acc_t* y, int D,
 // Window mixer for one token over width C: win (W, C) in shared memory, the current input last.
 // emit(c, round(mixed_c)) for every c, by some thread.
 template <typename acc_t, typename Emit>
-__device__ __forceinline__ void step_mix(const acc_t* win, int W, int C, int m, bool line,
+__device__ __forceinline__ void step_mix(sptr<const acc_t> win, int W, int C, int m, bool line,
                                          const InPtr& w, const InPtr& bias, DType act, Emit emit) {
   if (line) {  // M_m (C, W*C) @ window (W*C), window index k*C + c' = the flat smem layout
     warp_matvec<acc_t>(w, int64_t(m) * C * W * C, C, W * C, win, act, [&](int c, acc_t s) {
@@ -351,18 +349,16 @@ __device__ __forceinline__ void step_mix(const acc_t* win, int W, int C, int m, 
 
 template <typename acc_t>
 __global__ void step_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> sm = dynamic_smem<acc_t>();
   const StepSmem lay(a.D, a.E, a.N, a.R, a.W1, a.W2);
-  acc_t *win1 = sm + lay.win1, *hrow = sm + lay.hrow, *h1 = sm + lay.h1, *v = sm + lay.v,
-        *xz = sm + lay.xz, *win2 = sm + lay.win2, *xs = sm + lay.xs, *ys = sm + lay.ys,
-        *xd = sm + lay.xd, *red = sm + lay.red;
+  const sptr<acc_t> win1 = sm + lay.win1, hrow = sm + lay.hrow, h1 = sm + lay.h1, v = sm + lay.v,
+                    xz = sm + lay.xz, win2 = sm + lay.win2, xs = sm + lay.xs, ys = sm + lay.ys,
+                    xd = sm + lay.xd, red = sm + lay.red;
   const DType act = a.out.dt;
   const int D = a.D, E = a.E, N = a.N, R = a.R, W1 = a.W1, W2 = a.W2, m = a.m;
   const int64_t b = blockIdx.x;
   const acc_t eps = static_cast<acc_t>(a.eps);
-  const InPtr cache1_in{a.cache1, a.cache1_dt};
-  const OutPtr cache1_out{a.cache1, a.cache1_dt};
+  const InPtr cache1_in = in_view(a.cache1);
   const int64_t c1 = b * (W1 - 1) * D;  // this row's mixer1 cache
 
   // 1. h_t and the cached window; LN_1 -> the window's last row.
@@ -370,35 +366,34 @@ __global__ void step_kernel(StepArgs a) {
   for (int i = threadIdx.x; i < (W1 - 1) * D; i += blockDim.x)
     win1[i] = load<acc_t>(cache1_in, c1 + i);
   __syncthreads();
-  block_layernorm(hrow, win1 + int64_t(W1 - 1) * D, D, a.n1w, a.n1b, eps, act, red);
+  block_layernorm<acc_t>(hrow, win1 + int64_t(W1 - 1) * D, D, a.n1w, a.n1b, eps, act, red);
   __syncthreads();
 
   // 2. Shift the cache (every read of it happened before the barrier above), then mixer_1 and
   //    the residual: h1 = h + mixer(window).
-  for (int i = threadIdx.x; i < (W1 - 1) * D; i += blockDim.x) store(cache1_out, c1 + i, win1[i + D]);
+  for (int i = threadIdx.x; i < (W1 - 1) * D; i += blockDim.x) store<acc_t>(a.cache1, c1 + i, win1[i + D]);
   step_mix<acc_t>(win1, W1, D, m, a.line, a.m1w, a.m1b, act,
                   [&](int d, acc_t mix) { h1[d] = round_as(act, hrow[d] + mix); });
   __syncthreads();
 
   // 3. LN_2 and in_proj: xz = W_in (2E, D) @ v.
-  block_layernorm(h1, v, D, a.n2w, a.n2b, eps, act, red);
+  block_layernorm<acc_t>(h1, v, D, a.n2w, a.n2b, eps, act, red);
   __syncthreads();
   warp_matvec<acc_t>(a.w_in, 0, 2 * E, D, v, act, [&](int r, acc_t s) { xz[r] = round_as(act, s); });
   __syncthreads();
 
   // 4. [mixer_2 over the x half] + SiLU.
   if (a.is_double) {
-    const InPtr cache2_in{a.cache2, a.cache2_dt};
-    const OutPtr cache2_out{a.cache2, a.cache2_dt};
+    const InPtr cache2_in = in_view(a.cache2);
     const int64_t c2 = b * (W2 - 1) * E;
     for (int i = threadIdx.x; i < (W2 - 1) * E; i += blockDim.x) win2[i] = load<acc_t>(cache2_in, c2 + i);
     for (int e = threadIdx.x; e < E; e += blockDim.x) win2[int64_t(W2 - 1) * E + e] = xz[e];
     __syncthreads();
-    for (int i = threadIdx.x; i < (W2 - 1) * E; i += blockDim.x) store(cache2_out, c2 + i, win2[i + E]);
+    for (int i = threadIdx.x; i < (W2 - 1) * E; i += blockDim.x) store<acc_t>(a.cache2, c2 + i, win2[i + E]);
     step_mix<acc_t>(win2, W2, E, m, a.line, a.m2w, a.m2b, act,
                     [&](int e, acc_t mix) { xs[e] = round_as(act, silu_(mix)); });
   } else {
-    for (int e = threadIdx.x; e < E; e += blockDim.x) xs[e] = round_as(act, silu_(xz[e]));
+    for (int e = threadIdx.x; e < E; e += blockDim.x) xs[e] = round_as(act, silu_<acc_t>(xz[e]));
   }
   __syncthreads();
 
@@ -407,6 +402,7 @@ __global__ void step_kernel(StepArgs a) {
   __syncthreads();
 
   // 6. dt_proj + softplus + one scan step per channel, gated by SiLU(z).
+  const InPtr state_in = in_view(a.state);
   for (int e = threadIdx.x; e < E; e += blockDim.x) {
     acc_t dt = 0;
     for (int r = 0; r < R; ++r) dt += load_w<acc_t>(a.w_dt, int64_t(e) * R + r, act) * xd[r];
@@ -416,13 +412,13 @@ __global__ void step_kernel(StepArgs a) {
     acc_t y = 0;
     for (int n = 0; n < N; ++n) {
       const acc_t A = -exp_(load<acc_t>(a.A_log, int64_t(e) * N + n));
-      acc_t s = load<acc_t>(InPtr{a.state, a.state_dt}, s0 + n);
+      acc_t s = load<acc_t>(state_in, s0 + n);
       s = exp_(delta * A) * s + delta * xd[R + n] * x;
-      store(OutPtr{a.state, a.state_dt}, s0 + n, s);
+      store(a.state, s0 + n, s);
       y += s * xd[R + N + n];
     }
     y += load<acc_t>(a.Dskip, e) * x;
-    ys[e] = round_as(act, y * silu_(xz[E + e]));
+    ys[e] = round_as(act, y * silu_<acc_t>(xz[E + e]));
   }
   __syncthreads();
 

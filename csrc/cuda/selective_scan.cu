@@ -24,9 +24,6 @@
 
 #include "../checks.h"
 #include "common.cuh"
-#ifdef DMM_CUDA_EMULATION
-namespace dmm { namespace cuda { DMM_EMU_DYNAMIC_SHARED(smem_raw); } }  // the kernels' extern smem
-#endif
 #include "selective_scan.cuh"
 
 namespace dmm {
@@ -100,14 +97,14 @@ ScanSetup scan_setup(const at::Tensor& u, const at::Tensor& delta, const at::Ten
 
 ScanParams scan_params(const ScanSetup& s, bool delta_softplus, const ScanConfig& cfg) {
   ScanParams p;
-  p.u = in_ptr(s.u);
-  p.delta = in_ptr(s.delta);
-  p.A = in_ptr(s.A);
-  p.B = in_ptr(s.B);
-  p.C = in_ptr(s.C);
-  p.D = in_ptr(s.D);
-  p.z = in_ptr(s.z);
-  p.delta_bias = in_ptr(s.delta_bias);
+  p.u = in_ptr(s.u, "u");
+  p.delta = in_ptr(s.delta, "delta");
+  p.A = in_ptr(s.A, "A");
+  p.B = in_ptr(s.B, "B");
+  p.C = in_ptr(s.C, "C");
+  p.D = in_ptr(s.D, "D");
+  p.z = in_ptr(s.z, "z");
+  p.delta_bias = in_ptr(s.delta_bias, "delta_bias");
   p.batch = int(s.d.batch);
   p.dim = int(s.d.dim);
   p.len = int(s.d.len);
@@ -175,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
     const std::optional<at::Tensor>& delta_bias, bool delta_softplus) {
   const ScanSetup s = scan_setup(u, delta, A, B, C, D, z, delta_bias);  // validates before touching the device
   const DeviceGuard guard(u.device());
-  at::Tensor out = at::empty({s.d.batch, s.d.dim, s.d.len}, u.options());  // (batch, E, L)
+  at::Tensor out = empty_output({s.d.batch, s.d.dim, s.d.len}, u.options());  // (batch, E, L)
   // The state is in the accumulation dtype (float32, or float64 for float64 inputs), as on CPU.
   at::Tensor last_state =
       at::zeros({s.d.batch, s.d.dim, s.d.dstate}, u.options().dtype(s.acc));  // (batch, E, N)
@@ -184,8 +181,8 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   const bool dbl = s.acc == at::kDouble;
   const ScanConfig cfg = scan_config(s.d.dstate, dbl ? sizeof(double) : sizeof(float), false);
   ScanParams p = scan_params(s, delta_softplus, cfg);
-  p.out = out_ptr(out);
-  p.last_state = out_ptr(last_state);
+  p.out = out_ptr(out, "out");
+  p.last_state = out_ptr(last_state, "last_state");
   const cudaStream_t stream = current_stream();
   if (dbl) launch_fwd<double>(p, cfg, stream);
   else launch_fwd<float>(p, cfg, stream);
@@ -205,9 +202,9 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const at::Tensor& u, const at::T
   const at::ScalarType acc = acc_type_for({dout, u, delta, A, B, C, D, z, delta_bias});
   const auto acc_opts = u.options().dtype(acc);
 
-  at::Tensor du = at::empty(s.u.sizes(), s.u.options());                    // (batch, E, L)
-  at::Tensor ddelta = at::empty(s.delta.sizes(), s.delta.options());        // (batch, E, L)
-  at::Tensor dz = s.z.defined() ? at::empty(s.z.sizes(), s.z.options()) : at::Tensor();
+  at::Tensor du = empty_output(s.u.sizes(), s.u.options());                 // (batch, E, L)
+  at::Tensor ddelta = empty_output(s.delta.sizes(), s.delta.options());     // (batch, E, L)
+  at::Tensor dz = s.z.defined() ? empty_output(s.z.sizes(), s.z.options()) : at::Tensor();
   at::Tensor dA_acc = at::zeros(s.A.sizes(), acc_opts);                     // (E, N)
   at::Tensor dB_acc = at::zeros(s.B.sizes(), acc_opts);                     // like B
   at::Tensor dC_acc = at::zeros(s.C.sizes(), acc_opts);                     // like C
@@ -235,17 +232,17 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const at::Tensor& u, const at::T
     }
     // State entering each chunk (slot 0 unused: chunk 0 starts from zero).
     at::Tensor chunk_states =
-        at::empty({s.d.batch, s.d.dim, int64_t(p.n_chunks), s.d.dstate}, acc_opts);
-    p.dout = in_ptr(dout_c);
-    p.du = out_ptr(du);
-    p.ddelta = out_ptr(ddelta);
-    if (dz.defined()) p.dz = out_ptr(dz);
-    p.dA_acc = dA_acc.data_ptr();
-    p.dB_acc = dB_acc.numel() > 0 ? dB_acc.data_ptr() : nullptr;
-    p.dC_acc = dC_acc.numel() > 0 ? dC_acc.data_ptr() : nullptr;
-    p.dD_acc = dD_acc.data_ptr();
-    p.ddelta_bias_acc = dbias_acc.data_ptr();
-    p.chunk_states = chunk_states.numel() > 0 ? chunk_states.data_ptr() : nullptr;
+        empty_output({s.d.batch, s.d.dim, int64_t(p.n_chunks), s.d.dstate}, acc_opts);
+    p.dout = in_ptr(dout_c, "dout");
+    p.du = out_ptr(du, "du");
+    p.ddelta = out_ptr(ddelta, "ddelta");
+    if (dz.defined()) p.dz = out_ptr(dz, "dz");
+    p.dA_acc = rw_gptr<void>(dA_acc, "dA_acc");
+    p.dB_acc = rw_gptr<void>(dB_acc, "dB_acc");
+    p.dC_acc = rw_gptr<void>(dC_acc, "dC_acc");
+    p.dD_acc = rw_gptr<void>(dD_acc, "dD_acc");
+    p.ddelta_bias_acc = rw_gptr<void>(dbias_acc, "ddelta_bias_acc");
+    p.chunk_states = rw_gptr<void>(chunk_states, "chunk_states");
     const cudaStream_t stream = current_stream();
     if (dbl) launch_bwd<double>(p, cfg, stream);
     else launch_bwd<float>(p, cfg, stream);

@@ -35,12 +35,12 @@ struct ScanParams {
   // backward outputs written directly
   OutPtr du, ddelta, dz;  // (batch, E, L) in the dtypes of u, delta, z
   // backward accumulators in acc_t, zero-initialised (summed with atomics across blocks)
-  void* dA_acc = nullptr;           // (E, N)
-  void* dB_acc = nullptr;           // (batch, G, N, L)
-  void* dC_acc = nullptr;           // (batch, G, N, L)
-  void* dD_acc = nullptr;           // (E,)
-  void* ddelta_bias_acc = nullptr;  // (E,)
-  void* chunk_states = nullptr;     // (batch, E, n_chunks, N): state entering each chunk
+  gptr<void> dA_acc;           // (E, N)
+  gptr<void> dB_acc;           // (batch, G, N, L)
+  gptr<void> dC_acc;           // (batch, G, N, L)
+  gptr<void> dD_acc;           // (E,)
+  gptr<void> ddelta_bias_acc;  // (E,)
+  gptr<void> chunk_states;     // (batch, E, n_chunks, N): state entering each chunk
   int batch, dim, len, dstate, n_groups, dim_per_group;
   int lanes, chans, chunk, n_chunks, blocks_per_group;
   bool delta_softplus;
@@ -93,10 +93,11 @@ struct ScanSmem {
 // Every lane of the warp must call this with the same len (group_sum shuffles the full warp).
 template <int NPL, bool kWithY, bool kSaveStates, typename acc_t>
 __device__ __forceinline__ void scan_chunk_forward(acc_t (&s)[NPL], const acc_t (&a)[NPL], int r,
-                                                   int width, int dstate, const acc_t* sB,
-                                                   const acc_t* sC, int row, const acc_t* dt,
-                                                   const acc_t* u, acc_t* y, int len,
-                                                   acc_t* states, int chunk, int tid) {
+                                                   int width, int dstate, sptr<const acc_t> sB,
+                                                   sptr<const acc_t> sC, int row,
+                                                   sptr<const acc_t> dt, sptr<const acc_t> u,
+                                                   sptr<acc_t> y, int len, sptr<acc_t> states,
+                                                   int chunk, int tid) {
   for (int t = 0; t < len; ++t) {
     const acc_t d = dt[t];
     const acc_t du = d * u[t];
@@ -129,12 +130,14 @@ __device__ __forceinline__ void scan_chunk_forward(acc_t (&s)[NPL], const acc_t 
 template <int NPL, typename acc_t>
 __device__ __forceinline__ void scan_chunk_backward(acc_t (&hn)[NPL], acc_t (&dA)[NPL],
                                                     const acc_t (&a)[NPL], const acc_t (&s0)[NPL],
-                                                    int r, int width, int dstate, const acc_t* sB,
-                                                    const acc_t* sC, acc_t* sdB, acc_t* sdC,
-                                                    int row, const acc_t* dt, const acc_t* u,
-                                                    const acc_t* g, acc_t* ddt, acc_t* du, int len,
-                                                    const acc_t* states, int chunk, int tid,
-                                                    bool active, acc_t* red = nullptr) {
+                                                    int r, int width, int dstate,
+                                                    sptr<const acc_t> sB, sptr<const acc_t> sC,
+                                                    sptr<acc_t> sdB, sptr<acc_t> sdC, int row,
+                                                    sptr<const acc_t> dt, sptr<const acc_t> u,
+                                                    sptr<const acc_t> g, sptr<acc_t> ddt,
+                                                    sptr<acc_t> du, int len,
+                                                    sptr<const acc_t> states, int chunk, int tid,
+                                                    bool active, sptr<acc_t> red = nullptr) {
   const int slot = tid / width, chans = kScanThreads / width;
   for (int t = len - 1; t >= 0; --t) {
     const acc_t d = dt[t];
@@ -155,8 +158,8 @@ __device__ __forceinline__ void scan_chunk_backward(acc_t (&hn)[NPL], acc_t (&dA
         vC = gg * s_t;
         vB = h * d * uu;
         if (red == nullptr) {
-          atomicAdd(&sdC[n * row + t], vC);
-          atomicAdd(&sdB[n * row + t], vB);
+          atomicAdd(sdC + n * row + t, vC);
+          atomicAdd(sdB + n * row + t, vB);
         }
         ddt_acc += h * (a[j] * decay * s_prev + Bn * uu);
         du_acc += h * d * Bn;
@@ -222,7 +225,7 @@ struct ScanBlock {
 // Entries past len (and of absent channels) are zero, so tail steps are never read as garbage.
 template <bool kWithC, typename acc_t>
 __device__ void stage_chunk(const ScanParams& p, const ScanBlock& blk, const ScanSmem& lay,
-                            acc_t* smem, int l0, int len) {
+                            sptr<acc_t> smem, int l0, int len) {
   const int T = p.chunk, row = lay.row;
   for (int i = threadIdx.x; i < p.dstate * T; i += kScanThreads) {
     const int n = i / T, t = i - n * T;
@@ -255,8 +258,7 @@ __device__ __forceinline__ void load_lane_A(const ScanParams& p, bool active, in
 template <int NPL, typename acc_t>
 __global__ void __launch_bounds__(kScanThreads)
     selective_scan_fwd_kernel(const ScanParams p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> smem = dynamic_smem<acc_t>();
   const ScanSmem lay(p.dstate, p.chans, p.chunk, NPL, /*backward=*/false);
   const ScanBlock blk(p);
   const int tid = threadIdx.x, width = p.lanes;
@@ -273,10 +275,9 @@ __global__ void __launch_bounds__(kScanThreads)
     __syncthreads();  // the previous chunk's staged data is no longer read
     stage_chunk<true>(p, blk, lay, smem, l0, len);
     __syncthreads();
-    scan_chunk_forward<NPL, true, false>(s, a, r, width, N, smem + lay.B, smem + lay.C, row,
+    scan_chunk_forward<NPL, true, false, acc_t>(s, a, r, width, N, smem + lay.B, smem + lay.C, row,
                                          smem + lay.dt + slot * row, smem + lay.u + slot * row,
-                                         smem + lay.y + slot * row, len, (acc_t*)nullptr,
-                                         p.chunk, tid);
+                                         smem + lay.y + slot * row, len, nullptr, p.chunk, tid);
     __syncthreads();
     for (int i = tid; i < p.chans * p.chunk; i += kScanThreads) {
       const int c = i / p.chunk, t = i - c * p.chunk;
@@ -303,8 +304,7 @@ __global__ void __launch_bounds__(kScanThreads)
 template <int NPL, typename acc_t>
 __global__ void __launch_bounds__(kScanThreads)
     selective_scan_bwd_kernel(const ScanParams p) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> smem = dynamic_smem<acc_t>();
   const ScanSmem lay(p.dstate, p.chans, p.chunk, NPL, /*backward=*/true, p.deterministic);
   const ScanBlock blk(p);
   const int tid = threadIdx.x, width = p.lanes;
@@ -312,24 +312,27 @@ __global__ void __launch_bounds__(kScanThreads)
   const bool active = slot < blk.n_chans;
   const int e = blk.c_first + slot;
   const int N = p.dstate, T = p.chunk, row = lay.row;
-  acc_t* chunk_states = static_cast<acc_t*>(p.chunk_states);
+  const gptr<acc_t> chunk_states = ptr_cast<acc_t>(p.chunk_states);
   const int64_t st_base = (int64_t(blk.b) * p.dim + e) * p.n_chunks * N;  // used when active
-  acc_t* sdB = smem + lay.dB;
-  acc_t* sdC = smem + lay.dC;
-  acc_t* sDsum = smem + lay.dsum;    // per channel slot: sum g * u       -> dD
-  acc_t* sDbsum = smem + lay.dbsum;  // per channel slot: sum d(delta raw) -> ddelta_bias
+  const sptr<acc_t> sdB = smem + lay.dB;
+  const sptr<acc_t> sdC = smem + lay.dC;
+  const sptr<acc_t> sDsum = smem + lay.dsum;    // per channel slot: sum g * u       -> dD
+  const sptr<acc_t> sDbsum = smem + lay.dbsum;  // per channel slot: sum d(delta raw) -> ddelta_bias
   // Global sums over blocks: float atomics into one buffer, or under p.deterministic each block's
   // own slice of partials (dA, dD, ddelta_bias per batch row; dB, dC per channel block), every
   // element added once onto zero, summed in a fixed order by the host.
   const int64_t bc_size = int64_t(p.batch) * p.n_groups * N * p.len;
-  acc_t* dA_acc = static_cast<acc_t*>(p.dA_acc) + (p.deterministic ? int64_t(blk.b) * p.dim * N : 0);
-  acc_t* dD_acc = static_cast<acc_t*>(p.dD_acc) + (p.deterministic ? int64_t(blk.b) * p.dim : 0);
-  acc_t* ddelta_bias_acc =
-      static_cast<acc_t*>(p.ddelta_bias_acc) + (p.deterministic ? int64_t(blk.b) * p.dim : 0);
-  acc_t* dB_acc = p.dB_acc == nullptr ? nullptr
-                  : static_cast<acc_t*>(p.dB_acc) + (p.deterministic ? blk.cblock * bc_size : 0);
-  acc_t* dC_acc = p.dC_acc == nullptr ? nullptr
-                  : static_cast<acc_t*>(p.dC_acc) + (p.deterministic ? blk.cblock * bc_size : 0);
+  const gptr<acc_t> dA_acc =
+      ptr_cast<acc_t>(p.dA_acc) + (p.deterministic ? int64_t(blk.b) * p.dim * N : 0);
+  const gptr<acc_t> dD_acc = ptr_cast<acc_t>(p.dD_acc) + (p.deterministic ? int64_t(blk.b) * p.dim : 0);
+  const gptr<acc_t> ddelta_bias_acc =
+      ptr_cast<acc_t>(p.ddelta_bias_acc) + (p.deterministic ? int64_t(blk.b) * p.dim : 0);
+  const gptr<acc_t> dB_acc =
+      p.dB_acc == nullptr ? nullptr
+                          : ptr_cast<acc_t>(p.dB_acc) + (p.deterministic ? blk.cblock * bc_size : 0);
+  const gptr<acc_t> dC_acc =
+      p.dC_acc == nullptr ? nullptr
+                          : ptr_cast<acc_t>(p.dC_acc) + (p.deterministic ? blk.cblock * bc_size : 0);
 
   for (int i = tid; i < 2 * p.chans; i += kScanThreads) sDsum[i] = acc_t(0);  // dsum, dbsum
 
@@ -342,10 +345,9 @@ __global__ void __launch_bounds__(kScanThreads)
     __syncthreads();
     stage_chunk<false>(p, blk, lay, smem, l0, len);
     __syncthreads();
-    scan_chunk_forward<NPL, false, false>(s, a, r, width, N, smem + lay.B, (const acc_t*)nullptr,
-                                          row, smem + lay.dt + slot * row,
-                                          smem + lay.u + slot * row, (acc_t*)nullptr, len,
-                                          (acc_t*)nullptr, T, tid);
+    scan_chunk_forward<NPL, false, false, acc_t>(s, a, r, width, N, smem + lay.B, nullptr, row,
+                                          smem + lay.dt + slot * row, smem + lay.u + slot * row,
+                                          nullptr, len, nullptr, T, tid);
     if (active) {
 #pragma unroll
       for (int j = 0; j < NPL; ++j) {
@@ -373,7 +375,7 @@ __global__ void __launch_bounds__(kScanThreads)
     }
     __syncthreads();
     // Recompute the chunk: states into shared memory, y_t into sY.
-    scan_chunk_forward<NPL, true, true>(s, a, r, width, N, smem + lay.B, smem + lay.C, row,
+    scan_chunk_forward<NPL, true, true, acc_t>(s, a, r, width, N, smem + lay.B, smem + lay.C, row,
                                         smem + lay.dt + slot * row, smem + lay.u + slot * row,
                                         smem + lay.y + slot * row, len, smem + lay.states, T,
                                         tid);
@@ -405,11 +407,11 @@ __global__ void __launch_bounds__(kScanThreads)
       for (int t = 0; t < len; ++t) sum += smem[lay.g + tid * row + t] * smem[lay.u + tid * row + t];
       sDsum[tid] += sum;
     }
-    scan_chunk_backward<NPL>(hn, dA, a, s0, r, width, N, smem + lay.B, smem + lay.C, sdB, sdC,
+    scan_chunk_backward<NPL, acc_t>(hn, dA, a, s0, r, width, N, smem + lay.B, smem + lay.C, sdB, sdC,
                              row, smem + lay.dt + slot * row, smem + lay.u + slot * row,
                              smem + lay.g + slot * row, smem + lay.ddt + slot * row,
                              smem + lay.du + slot * row, len, smem + lay.states, T, tid, active,
-                             p.deterministic ? smem + lay.red : (acc_t*)nullptr);
+                             p.deterministic ? smem + lay.red : nullptr);
     __syncthreads();
     // du = scan part + D g;  ddelta through bias + softplus.
     for (int i = tid; i < p.chans * T; i += kScanThreads) {
@@ -442,8 +444,8 @@ __global__ void __launch_bounds__(kScanThreads)
       const int n = i / T, t = i - n * T;
       if (t >= len) continue;
       const int64_t idx = blk.bc_base + int64_t(n) * p.len + l0 + t;
-      atomicAdd(&dB_acc[idx], sdB[n * row + t]);
-      atomicAdd(&dC_acc[idx], sdC[n * row + t]);
+      atomicAdd(dB_acc + idx, sdB[n * row + t]);
+      atomicAdd(dC_acc + idx, sdC[n * row + t]);
     }
   }
 
@@ -451,13 +453,13 @@ __global__ void __launch_bounds__(kScanThreads)
 #pragma unroll
     for (int j = 0; j < NPL; ++j) {
       const int n = r + j * width;
-      if (n < N) atomicAdd(&dA_acc[int64_t(e) * N + n], dA[j]);
+      if (n < N) atomicAdd(dA_acc + int64_t(e) * N + n, dA[j]);
     }
   }
   __syncthreads();
   if (tid < blk.n_chans) {
-    if (p.D.p != nullptr) atomicAdd(&dD_acc[blk.c_first + tid], sDsum[tid]);
-    if (p.delta_bias.p != nullptr) atomicAdd(&ddelta_bias_acc[blk.c_first + tid], sDbsum[tid]);
+    if (p.D.p != nullptr) atomicAdd(dD_acc + blk.c_first + tid, sDsum[tid]);
+    if (p.delta_bias.p != nullptr) atomicAdd(ddelta_bias_acc + blk.c_first + tid, sDbsum[tid]);
   }
 }
 
