@@ -62,9 +62,9 @@ struct BufferRef {
 namespace detail {
 
 // Set while DMM_LAUNCH copies a launch's arguments; then every BufferRef copied is captured.
-extern thread_local bool tls_capturing;
+inline thread_local bool tls_capturing = false;
 // True while a kernel thread runs (accesses are counted and race-checked only then).
-extern thread_local bool tls_in_kernel;
+inline thread_local bool tls_in_kernel = false;
 
 void capture(BufferRef& b) noexcept;
 // The launch begins / ends capturing its arguments (DMM_LAUNCH).

@@ -37,8 +37,6 @@ namespace dmm {
 namespace emu {
 namespace detail {
 
-thread_local bool tls_capturing = false;
-thread_local bool tls_in_kernel = false;
 
 namespace {
 

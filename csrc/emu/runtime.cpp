@@ -243,6 +243,10 @@ void switch_context(Context& from, Context& to) { dmm_emu_switch(&from.sp, to.sp
 
 // A context that starts `entry` (which never returns) on `stack`: the frame dmm_emu_switch pops.
 void make_context(Context& c, const Stack& stack, void (*entry)()) {
+#ifdef DMM_EMU_ASAN
+  // A pooled stack keeps the redzones of the last fiber's frames (fibers never return).
+  ASAN_UNPOISON_MEMORY_REGION(stack.lo(), stack.size());
+#endif
   auto** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack.lo()) + stack.size()) &
                                         ~uintptr_t(15));
   *--sp = nullptr;                            // entry starts as if called: rsp = 8 (mod 16)
