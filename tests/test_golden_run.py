@@ -33,7 +33,7 @@ DATA_SHA256 = "771562e2fbd6628d5b39a6f5430738131c28903c5161115ddb64b1bbd93fa7f6"
 # CPU kind (vendor, torch's CPU capability; "*": any) -> losses at some steps and the sum of
 # |parameter| in float64 after STEPS steps.
 RECORDED = {
-    # The 2-core Intel Xeon (AVX-512) on which README.md's and RESULTS.md's seed-0 line was measured.
+    # The 2-core Intel Xeon (AVX-512) where README.md's and RESULTS.md's seed-0 line was measured.
     ("GenuineIntel", "AVX512"): {
         "losses": {1: 1.0759060382843018, 10: 0.9753139615058899, 20: 0.9251810908317566,
                    30: 0.854335606098175, 40: 0.9006167054176331, 50: 0.8534903526306152},
@@ -125,7 +125,8 @@ if __name__ == "__main__":  # print the values to record
 
     with tempfile.TemporaryDirectory() as d:
         losses, l1 = first_steps(d)
-    print(json.dumps({"torch": torch_release(), "cpu": cpu_kind(), "data_sha256": data_sha256(load_dataset()),
+    print(json.dumps({"torch": torch_release(), "cpu": cpu_kind(),
+                      "data_sha256": data_sha256(load_dataset()),
                       "losses": {s: losses[s] for s in (1, 10, 20, 30, 40, 50)},
                       "weights_l1": l1}, indent=1))
     sys.exit(0)

@@ -2,9 +2,9 @@
 
 Every file of DIR/MANIFEST.json is checked (present, sha256) before anything is written. Then
 each dataset is installed on its own: its files are put together in a staging folder inside
-each cache (`<cache>/.dmm-install/<dataset>.<hdf5|minari>/`: the same file system, so the renames that put
-them in place are atomic; hidden, so minari does not list it), then renamed into place, the
-Minari dataset folder as a whole. A dataset is therefore either installed completely or not
+each cache (`<cache>/.dmm-install/<dataset>.<hdf5|minari>/`: the same file system, so the
+renames that put them in place are atomic; hidden, so minari does not list it), then renamed
+into place, the Minari dataset folder as a whole. A dataset is therefore either installed completely or not
 replaced at all. A kill leaves the staging folder with its record (install.json: the dataset,
 its files, the source folder); `interrupted_install` finds it, so the loaders and `dmm datasets`
 can name it with the command that repairs it, and the next install redoes it.
