@@ -11,6 +11,7 @@ import os
 import h5py
 
 from .dataset import TrajectoryDataset, check_array, split_episodes
+from .install import interrupted_install, repair_hint
 from .scores import REFERENCE_RETURNS, task_family
 
 KEYS = {"observations": 2, "actions": 2, "rewards": (1, 2), "terminals": (1, 2), "timeouts": (1, 2)}
@@ -92,6 +93,9 @@ def load_d4rl(name: str, min_tail_len: int = 10) -> TrajectoryDataset:
         path = os.path.join(cache, fname)
         if os.path.isfile(path):
             return load_hdf5(path, name=base, min_tail_len=min_tail_len)
+        interrupted = interrupted_install(cache, "hdf5", fname)
+        if interrupted is not None:
+            raise FileNotFoundError(f"d4rl:{name}: {repair_hint(interrupted)}")
     tried = ", ".join(os.path.join(cache, c) for c in candidates)
     raise FileNotFoundError(
         f"d4rl:{name}: not found (tried {tried}). This project never downloads: copy the D4RL "
