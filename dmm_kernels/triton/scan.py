@@ -42,8 +42,11 @@ def _config(block_e, chunk, warps, vec=8, stages=1):
 # The interpreter runs one configuration (autotuning would time it on a GPU); its CHUNK of 64 puts
 # chunk edges at the tests' L = 63 / 64 / 65 / 4097.
 INTERPRETER_CONFIGS = [_config(16, 64, 4)]
-FWD_CONFIGS = [_config(32, 64, 4), _config(64, 32, 4), _config(64, 64, 8), _config(128, 32, 8)]
-BWD_CONFIGS = [_config(32, 32, 4), _config(64, 32, 8), _config(32, 64, 8), _config(64, 64, 8)]
+# Tile elements per thread: 8 in the forward (~200 registers, no spills at 4 or 8 warps), 4 in the
+# backward, which holds ~20 chunk tiles per state (~240 registers; at 8 it spills). At most 8
+# warps: more would cap the registers at 65536 / threads and spill.
+FWD_CONFIGS = [_config(32, 32, 4), _config(16, 64, 4), _config(64, 32, 8), _config(32, 64, 8)]
+BWD_CONFIGS = [_config(16, 32, 4), _config(32, 32, 8), _config(16, 64, 8)]
 TUNING_KEY = ["batch", "E", "L", "N", "T_CONTIG"]
 
 
@@ -111,19 +114,22 @@ def _chunk_delta(delta_base, e, mask_e, t, m_et, mask_t, w_dt_ptr, dbias, s_de, 
 
 
 @triton.jit
-def _per_state(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-               BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, ACC: tl.constexpr):
-    """A[:, i] * log2(e) per state as a tuple of (BLOCK_E,) vectors (0 past N: such a state
-    decays by 1 and is driven by 0, so it stays 0), a tuple of zero vectors, D and delta_bias."""
-    a2 = ()
-    zeros = ()
-    for i in tl.static_range(BLOCK_N):
-        a2 = a2 + (tl.load(A_ptr + e * N + i, mask=mask_e & (i < N), other=0.0).to(ACC) * LOG2E,)
-        # a row sum of a [channels, chunk] tile: the layout of the chunk tiles' row vectors
-        zeros = zeros + (tl.sum(tl.zeros((e.shape[0], CHUNK), ACC), axis=1),)
+def _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+            BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """States n, the [channels, states] mask, A * log2(e) (0 past N: such a state decays by 1,
+    is driven by 0 and stays 0), D and delta_bias (0 where absent)."""
+    n = tl.arange(0, BLOCK_N)
+    mask_en = mask_e[:, None] & (n < N)[None, :]
+    a2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC) * LOG2E
     dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
     dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
-    return a2, zeros, dskip, dbias
+    return n, mask_en, a2, dskip, dbias
+
+
+@triton.jit
+def _column(tile, sel):
+    """Column i of a [channels, states] tile (sel: n == i) as a (channels,) vector."""
+    return tl.sum(tl.where(sel, tile, 0.0), axis=1)
 
 
 # ---- forward -----------------------------------------------------------------------------------
@@ -142,8 +148,11 @@ def scan_fwd_kernel(
     """out (batch, E, L) or (batch, L, E) per out's strides, in out's dtype; last (batch, E, N)."""
     b, g, j, e, mask_e = _program(batch, n_groups, group_size, BLOCK_E)
     ACT: tl.constexpr = out_ptr.dtype.element_ty
-    a2, state, dskip, dbias = _per_state(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D, HAS_BIAS,
-                                         BLOCK_N, CHUNK, ACC)
+    # The states stay a loop, not an unrolled tuple: unrolled, every state's chunk tiles are live
+    # at once and spill. State i of the carry is column i of a [channels, states] tile.
+    n, mask_en, a2, dskip, dbias = _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D, HAS_BIAS,
+                                           BLOCK_N, ACC)
+    state = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
     u_base, d_base, z_base = u_ptr + b * s_ub, delta_ptr + b * s_db, z_ptr + b * s_zb
     b_base, c_base = B_ptr + b * s_bb + g * s_bg, C_ptr + b * s_cb + g * s_cg
     tt = tl.max_contiguous(tl.arange(0, CHUNK), VEC)  # VEC steps per thread: registers per tile
@@ -157,22 +166,20 @@ def scan_fwd_kernel(
         x = tl.load(u_base + e[:, None] * s_ue + t[None, :] * s_ut, mask=m_et, other=0.0).to(ACC)
         dtu = dt * x
         y = dskip[:, None] * x
-        exits = ()
-        for i in tl.static_range(BLOCK_N):
-            m_it = mask_t & (i < N)
-            Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=m_it, other=0.0).to(ACC)
-            Ci = tl.load(c_base + i * s_cn + t * s_ct, mask=m_it, other=0.0).to(ACC)
-            pa, pb = tl.associative_scan((tl.exp2(dt * a2[i][:, None]), dtu * Bi[None, :]), 1, _linear)
-            s = pa * state[i][:, None] + pb                                # (BLOCK_E, CHUNK)
+        for i in range(N):
+            sel = n[None, :] == i
+            Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
+            Ci = tl.load(c_base + i * s_cn + t * s_ct, mask=mask_t, other=0.0).to(ACC)
+            decay = tl.exp2(dt * _column(a2, sel)[:, None])
+            pa, pb = tl.associative_scan((decay, dtu * Bi[None, :]), 1, _linear)
+            s = pa * _column(state, sel)[:, None] + pb                     # (BLOCK_E, CHUNK)
             y += s * Ci[None, :]
-            exits = exits + (tl.sum(tl.where(last_step, s, 0.0), axis=1),)
-        state = exits
+            state = tl.where(sel, tl.sum(tl.where(last_step, s, 0.0), axis=1)[:, None], state)
         if HAS_Z:
             zz = tl.load(z_base + e[:, None] * s_ze + t[None, :] * s_zt, mask=m_et, other=0.0).to(ACC)
             y = y * zz * sigmoid(zz)
         tl.store(out_ptr + b * s_ob + e[:, None] * s_oe + t[None, :] * s_ot, y.to(ACT), mask=m_et)
-    for i in tl.static_range(BLOCK_N):
-        tl.store(last_ptr + (b * E + e) * N + i, state[i], mask=mask_e & (i < N))
+    tl.store(last_ptr + (b * E + e[:, None]) * N + n[None, :], state, mask=mask_en)
 
 
 # ---- backward ----------------------------------------------------------------------------------
@@ -192,13 +199,8 @@ def scan_bwd_kernel(
     (batch, E, N), dD / dbias (batch, E); per channel block dB, dC (batch, G, max_blocks, N, L).
     entry (batch, max_chunks, E, N): the state entering each chunk (chunk 0's is never stored)."""
     b, g, j, e, mask_e = _program(batch, n_groups, group_size, BLOCK_E)
-    # Per-state values live in [channels, states] tiles; the loops over states stay loops (an
-    # unrolled backward keeps too many states' tiles live and spills). Column i: a masked sum.
-    n = tl.arange(0, BLOCK_N)
-    mask_en = mask_e[:, None] & (n < N)[None, :]
-    a2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC) * LOG2E
-    dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
-    dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
+    n, mask_en, a2, dskip, dbias = _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D, HAS_BIAS,
+                                           BLOCK_N, ACC)
     u_base, d_base, z_base, g_base = u_ptr + b * s_ub, delta_ptr + b * s_db, z_ptr + b * s_zb, dout_ptr + b * s_gb
     b_base, c_base = B_ptr + b * s_bb + g * s_bg, C_ptr + b * s_cb + g * s_cg
     entry_base = entry_ptr + b * max_chunks * E * N + e[:, None] * N
@@ -218,7 +220,7 @@ def scan_bwd_kernel(
         for i in range(N):
             sel = n[None, :] == i
             Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
-            a2_i = tl.sum(tl.where(sel, a2, 0.0), axis=1)
+            a2_i = _column(a2, sel)
             ta, tb = tl.reduce((tl.exp2(dt * a2_i[:, None]), dtu * Bi[None, :]), 1, _linear)
             state = tl.where(sel, ta[:, None] * state + tb[:, None], state)
         tl.store(entry_base + (k + 1) * E * N + n[None, :], state, mask=mask_en)
@@ -256,7 +258,7 @@ def scan_bwd_kernel(
             Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
             Ci = tl.load(c_base + i * s_cn + t * s_ct, mask=mask_t, other=0.0).to(ACC)
             s_entry = tl.load(entry_base + k * E * N + i, mask=mask_e[:, None] & (k > 0), other=0.0)
-            a2_i = tl.sum(tl.where(sel, a2, 0.0), axis=1)
+            a2_i = _column(a2, sel)
             decay = tl.exp2(dt * a2_i[:, None])
             drive = dtu * Bi[None, :]
             pa, pb = tl.associative_scan((decay, drive), 1, _linear)
