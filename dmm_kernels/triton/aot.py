@@ -5,7 +5,7 @@ launch is recorded, an autotuned kernel's once per configuration. `compile_launc
 for sm_80 / sm_90 with the specialisation the JIT would give the same arguments (16-byte aligned
 pointers, integers divisible by 16, integers equal to 1), so registers, spills and shared memory
 are those of the kernel a GPU would run. Used by tests/test_triton_aot.py and
-benchmarks/kernel_report_triton.py.
+benchmarks/triton_report.py.
 """
 from __future__ import annotations
 

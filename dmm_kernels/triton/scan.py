@@ -13,10 +13,16 @@ the adjoint h_t = dy_t C_t + exp(delta_{t+1} A) h_{t+1} by a reverse scan, dA / 
 reduced in registers, dB / dC reduced over the program's channels per chunk. du, ddelta and dz are
 written in their final dtype.
 
+Tile sizes and warps are autotuned per (batch, E, L, N, layout) on the GPU (one configuration
+under the interpreter); each choice is logged to the "dmm_kernels.triton" logger at INFO and
+`tuned_configs()` lists them.
+
 Layouts: "bel", the op's (batch, E, L), any strides; "ble", the block's (batch, L, E), where delta
 may be dt_low (batch, L, R) with dt_proj_weight (E, R) folded in.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import triton
@@ -313,6 +319,19 @@ def _smallest(configs, name):
     return min(c.kwargs[name] for c in configs)
 
 
+_log = logging.getLogger("dmm_kernels.triton")
+_logged: set = set()
+
+
+def _log_choice(kernel):
+    """Log each configuration the autotuner picks, once per tuning key."""
+    for key, config in kernel.cache.items():
+        if (kernel.base_fn.__name__, key) not in _logged:
+            _logged.add((kernel.base_fn.__name__, key))
+            _log.info("%s: autotuned %s for (batch, E, L, N, T_CONTIG, dtypes) = %s",
+                      kernel.base_fn.__name__, config, key)
+
+
 def _launcher(kernel, config):
     """The autotuned kernel, or (config given: tests, reports) the plain kernel with that
     configuration's meta-parameters."""
@@ -359,6 +378,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, layout="bel
         SOFTPLUS=bool(delta_softplus), HAS_DT_PROJ=has_proj, T_CONTIG=u.stride(ti) == 1,
         BLOCK_N=triton.next_power_of_2(N), ACC=acc, **meta,
     )
+    if config is None:
+        _log_choice(scan_fwd_kernel)
     return out, last
 
 
@@ -375,11 +396,13 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, confi
     du = torch.empty(batch, E, L, device=dev, dtype=u.dtype)
     ddelta = torch.empty(batch, E, L, device=dev, dtype=delta.dtype)
     dz = torch.empty(batch, E, L, device=dev, dtype=z.dtype) if z is not None else None
-    dA = torch.zeros(batch, E, N, device=dev, dtype=torch_acc)
-    dD = torch.zeros(batch, E, device=dev, dtype=torch_acc)
-    dbias = torch.zeros(batch, E, device=dev, dtype=torch_acc)
+    # Per batch row; every element is stored by the kernel (no fills), except with nothing to scan.
+    dA = torch.empty(batch, E, N, device=dev, dtype=torch_acc)
+    dD = torch.empty(batch, E, device=dev, dtype=torch_acc)
+    dbias = torch.empty(batch, E, device=dev, dtype=torch_acc)
     bc_shape = (batch, N, L) if B.dim() == 3 else (batch, n_groups, N, L)
     if du.numel() == 0:
+        dA, dD, dbias = dA.zero_(), dD.zero_(), dbias.zero_()
         dB = torch.zeros(bc_shape, device=dev, dtype=B.dtype)
         dC = torch.zeros(bc_shape, device=dev, dtype=C.dtype)
     else:
@@ -403,6 +426,8 @@ def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, confi
             SOFTPLUS=bool(delta_softplus), T_CONTIG=u.stride(2) == 1,
             BLOCK_N=triton.next_power_of_2(N), ACC=acc, **meta,
         )
+        if config is None:
+            _log_choice(scan_bwd_kernel)
         chosen = scan_bwd_kernel.best_config if config is None else config
         blocks = triton.cdiv(group_size, chosen.kwargs["BLOCK_E"])
         dB = dB_part[:, :, :blocks].sum(2).view(bc_shape).to(B.dtype)
