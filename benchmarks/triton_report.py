@@ -106,9 +106,12 @@ def count_bytes(direction, shape, config_kwargs, warps):
 
     ti.GridExecutor.__call__, builder.create_masked_load, builder.create_masked_store = (
         traced_call, masked_load, masked_store)
-    config = triton.Config(config_kwargs, num_warps=warps)
-    torch.manual_seed(0)
-    _run(direction, _inputs(shape, "cpu", torch), config)
+    try:
+        torch.manual_seed(0)
+        _run(direction, _inputs(shape, "cpu", torch), triton.Config(config_kwargs, num_warps=warps))
+    finally:
+        ti.GridExecutor.__call__, builder.create_masked_load, builder.create_masked_store = (
+            call, load, store)
     return counts
 
 
@@ -133,11 +136,14 @@ def program_bytes(direction, shape, config):
         (counts,) = _count_in_interpreter([[direction, one, kw, config.num_warps]])
         return {k: v * programs for k, v in counts.items()}
     assert shape["L"] % chunk == 0, "extension along L needs whole chunks"
+    # bytes(L) = bytes(2 chunks) + (chunks - 2) * (bytes(3 chunks) - bytes(2 chunks))
     c2, c3 = _count_in_interpreter([[direction, dict(one, L=2 * chunk), kw, config.num_warps],
                                     [direction, dict(one, L=3 * chunk), kw, config.num_warps]])
     chunks = shape["L"] // chunk
-    return {k: (c2.get(k, 0) + (chunks - 2) * (c3.get(k, 0) - c2.get(k, 0))) * programs
-            for k in set(c2) | set(c3)}
+    out = {k: (c2.get(k, 0) + (chunks - 2) * (c3.get(k, 0) - c2.get(k, 0))) * programs
+           for k in set(c2) | set(c3)}
+    assert all(c3.get(k, 0) >= c2.get(k, 0) for k in out), (c2, c3)
+    return out
 
 
 def minimum_bytes(direction, shape):
