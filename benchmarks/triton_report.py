@@ -216,6 +216,25 @@ def warp_instructions(direction, profile, shape, config):
     return total + profile["total"] - in_loops - 1
 
 
+def sass_per_update(direction, profile, config, warps):
+    """SASS instructions per thread per (time step, state) update: the state loop's own count
+    (the backward's two state loops added, as the CUDA report adds its entry pass) over the tile
+    elements each thread holds."""
+    per_thread = config.kwargs["BLOCK_E"] * config.kwargs["CHUNK"] / (32 * warps)
+    return round(sum(inner[0][2] for _, inner in _nested(profile["loops"])) / per_thread, 2)
+
+
+SMEM_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}
+
+
+def occupancy(arch, regs, smem, warps):
+    """Theoretical resident warps / 64: CTAs limited by registers (allocated in 8s), shared
+    memory and 32 CTAs per SM."""
+    by_regs = 65536 // (-(-regs // 8) * 8 * 32 * warps)
+    by_smem = SMEM_PER_SM[arch] // max(smem, 1)
+    return round(min(64, min(by_regs, by_smem, 32) * warps) / 64, 3)
+
+
 def static_rows(archs, shapes):
     import torch
 
@@ -238,8 +257,8 @@ def static_rows(archs, shapes):
                 for arch in archs:
                     compiled = aot.compile_launch(launch, aot.TARGETS[arch])
                     res = aot.resources(compiled)
-                    warp_insns = warp_instructions(direction, aot.loop_profile(aot.sass(compiled)), shape,
-                                                   config)
+                    profile = aot.loop_profile(aot.sass(compiled))
+                    warp_insns = warp_instructions(direction, profile, shape, config)
                     thread_insns = warp_insns * 32 * res["warps"] * programs
                     rows.append({
                         "impl": "triton", "kernel": f"selective_scan_{direction}", "shape": shape_name,
@@ -247,6 +266,8 @@ def static_rows(archs, shapes):
                         "config": f"E{config.kwargs['BLOCK_E']}xT{config.kwargs['CHUNK']}/w{res['warps']}",
                         "threads": 32 * res["warps"], "registers": res["n_regs"],
                         "spill_bytes": res["n_spills"], "smem": res["shared"],
+                        "occupancy": occupancy(arch, res["n_regs"], res["shared"], res["warps"]),
+                        "sass_per_update": sass_per_update(direction, profile, config, res["warps"]),
                         "warp_insns_per_program": warp_insns, "bytes_moved": moved, "bytes_dram": dram,
                         "bytes_min": minimum, "launches": n_launches,
                         "predicted_us": round(1e6 * roofline.predict_seconds(dram, thread_insns, n_launches), 1),
@@ -281,7 +302,7 @@ def best_rows(rows):
 def markdown(rows) -> str:
     cuda = cuda_predictions()
     cols = ["kernel", "shape", "arch", "config", "threads", "registers", "spill_bytes", "smem",
-            "bytes_dram", "bytes_min", "launches", "predicted_us"]
+            "occupancy", "sass_per_update", "bytes_dram", "bytes_min", "launches", "predicted_us"]
     extra = ["ours (CUDA) us", "mamba-ssm us"] if cuda else []
     lines = ["| " + " | ".join(cols + ["dram / min"] + extra) + " |",
              "|" + "---|" * (len(cols) + 1 + len(extra))]
@@ -311,14 +332,20 @@ def main():
 
 
 def triton_rows() -> list[dict]:
-    """The committed report's rows, the best predicted configuration per kernel, shape and arch
-    (for benchmarks/kernel_report.py)."""
+    """The committed report's best predicted configuration per kernel, shape and arch, in
+    benchmarks/kernel_report.py's columns (impl "triton")."""
     path = os.path.join(OUT, "triton_report.csv")
     if not os.path.exists(path):
         return []
     with open(path) as f:
         rows = [dict(r, predicted_us=float(r["predicted_us"])) for r in csv.DictReader(f)]
-    return best_rows(rows)
+    ints = ("threads", "registers", "spill_bytes", "bytes_moved", "bytes_dram", "bytes_min", "launches")
+    return [{"impl": "triton", "kernel": r["kernel"], "shape": r["shape"], "arch": r["arch"],
+             "dtype": r["dtype"], **{k: int(r[k]) for k in ints}, "smem_static": 0,
+             "smem_dynamic": int(r["smem"]), "occupancy": float(r["occupancy"]),
+             "sass_per_update": float(r["sass_per_update"]), "source": "benchmarks/triton_report.py",
+             "predicted_us": r["predicted_us"], "bound": r["bound"]}
+            for r in best_rows(rows)]
 
 
 if __name__ == "__main__":
