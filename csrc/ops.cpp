@@ -39,7 +39,7 @@ TORCH_LIBRARY(dmm, m) {
       "modal_mix_bwd(Tensor dy, Tensor u, Tensor weight, Tensor? bias, str kind, "
       "int n_modalities, int phase) -> (Tensor du, Tensor dweight, Tensor dbias)");
 
-  // ---- whole MetaMamba block (DESIGN.md section 3) ------------------------------------------------
+  // ---- whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") ------------------------
   // h: (B, L, D). mixer: "conv" | "line" | "double-conv" | "double-line". Returns out, plus h1 when
   // residual_ssm or the mixer is a double one. mixer2_* are None for single mixers.
   m.def(

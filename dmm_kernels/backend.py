@@ -1,4 +1,4 @@
-"""Which implementation runs the dmm ops on each device (DESIGN.md section 2).
+"""Which implementation runs the dmm ops on each device (docs/ARCHITECTURE.md, "Backends").
 
 CUDA tensors: the compiled CUDA kernels when this build has them, else the Triton kernels (no
 toolkit needed: they compile just in time), else the pure-PyTorch reference. CPU tensors: the

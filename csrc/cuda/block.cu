@@ -1,4 +1,4 @@
-// CUDA registration of the whole-block ops (DESIGN.md sections 3-4).
+// CUDA registration of the whole-block ops (docs/ARCHITECTURE.md, "The MetaMamba block" and "Ops").
 //
 // metamamba_block_fwd, fused path (6 launches for "conv" / "double-conv"):
 //   1 preproj_conv_kernel  LN_1 + mixer_1 + residual + LN_2            -> h1, v   (B, L, D)

@@ -1,4 +1,4 @@
-// Fused kernels of the MetaMamba block (DESIGN.md section 3) for the offline-RL shapes
+// Fused kernels of the MetaMamba block (docs/ARCHITECTURE.md, "What the fused kernels compute") for the offline-RL shapes
 // (L = 24..60 tokens, D = 64..256), launched by csrc/cuda/block.cu:
 //   preproj_conv_kernel  LN_1 + conv mixer_1 + residual + LN_2        -> h1, v
 //   ln_rows_kernel       LN of (x [+ add]) per row (the "line" path around the cuBLAS mixer)

@@ -17,7 +17,7 @@ from .scores import REFERENCE_RETURNS, task_family
 KEYS = {"observations": 2, "actions": 2, "rewards": (1, 2), "terminals": (1, 2), "timeouts": (1, 2)}
 
 # family -> (Gymnasium env id to evaluate in, reward_scale, target_return, max_ep_len).
-# Targets are the Decision Transformer ones (DESIGN.md section 3); ant has no published DT
+# Targets are the Decision Transformer ones (docs/ARCHITECTURE.md, "The paper's settings"); ant has no published DT
 # target, so it gets ~1.1x its expert return like hopper and walker2d. D4RL was recorded with
 # MuJoCo v2 envs; v5 is Gymnasium's maintained version with the same observation layout.
 # AntMaze has no Gymnasium env with D4RL's layout (gymnasium-robotics' AntMaze uses dict

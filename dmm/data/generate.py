@@ -1,4 +1,4 @@
-"""MuJoCo locomotion datasets made here the D4RL way (DESIGN.md section 5): `dmm datasets make ENV`.
+"""MuJoCo locomotion datasets made here the D4RL way (docs/ARCHITECTURE.md, "Datasets"): `dmm datasets make ENV`.
 
 D4RL built its locomotion data by training SAC online and saving what it saw. This module does
 the same on Gymnasium's MuJoCo v5 tasks with stable-baselines3's SAC, in stages that each leave
