@@ -10,6 +10,7 @@ compiled tree does), and the combine function itself still runs through the inte
 from __future__ import annotations
 
 import numpy as np
+from triton.runtime import interpreter
 
 
 def _tensors(ops, arrays, like):
@@ -57,10 +58,9 @@ def install() -> None:
     are not the expected ones)."""
     global _generic_reduce
     try:
-        from triton.runtime import interpreter
         scan_ops, reduce_ops = interpreter.ScanOps, interpreter.ReduceOps
         original = reduce_ops.generic_reduce
-    except (ImportError, AttributeError):
+    except AttributeError:
         return
     if original is _reduce:
         return
