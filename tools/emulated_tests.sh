@@ -23,7 +23,9 @@ suites=(tests/test_emulated_kernels.py tests/test_selective_scan.py tests/test_m
         tests/test_ops_registration.py tests/test_block.py tests/test_block_cuda.py tests/test_step.py)
 seeds=(0 7 1234)  # 0: in order
 if [ "$asan" = 1 ]; then
-  preload="$(g++ -print-file-name=libasan.so)"
+  # libstdc++ with libasan: ASan's __cxa_throw interceptor needs it loaded first (else a CHECK
+  # fails when a pybind11 module throws at import, e.g. triton's, pulled in by torch._dynamo).
+  preload="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
   if grep -q "DMM_UBSAN:BOOL=ON" "$build/CMakeCache.txt" 2>/dev/null; then
     preload="$preload $(g++ -print-file-name=libubsan.so)"
   fi
