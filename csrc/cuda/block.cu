@@ -31,6 +31,7 @@
 #include "block/composite.h"
 #include "checks.h"
 #include "cuda/common.cuh"
+#include "cuda/scan_launch.h"
 #ifdef DMM_CUDA_EMULATION
 namespace dmm { namespace cuda { namespace block { DMM_EMU_DYNAMIC_SHARED(smem_raw); } } }
 #endif
@@ -49,7 +50,6 @@ constexpr int kPreprojThreads = 256;  // 8 warps: one per token of the tile
 constexpr int kTokensPerCta = 8;      // preproj tile; the W-1 halo rows are recomputed
 constexpr int kLnThreads = 256;       // 8 rows per CTA
 constexpr int kEltThreads = 256;
-constexpr int kScanThreads = 128;
 constexpr int kStepThreads = 512;     // 16 warps stream the mat-vec weights
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -102,18 +102,16 @@ void allow_smem(Kernel kernel, size_t bytes) {
 struct FwdPlan {
   bool fused = false;
   int tokens_per_cta = 0;  // preproj tile (conv)
-  int scan_chunk = 0;      // tokens of x_dbl staged per scan chunk
-  int scan_group = 0;      // lanes per channel (4: N <= 16, 8: N <= 32)
 };
 
-// Where the fused forward applies: state size N <= 32 (registers of the scan), the preproj tile
-// and a scan chunk within the default 48 KB of shared memory, and B within gridDim.y.
+// Where the fused forward applies: N <= kScanMaxStates, a dt rank R >= 1, the preproj tile within
+// the default 48 KB of shared memory, and B within gridDim.y.
 FwdPlan fused_fwd_plan(const Tensor& h, const comp::MixerSpec& spec, const comp::BlockDims& d,
                        size_t acc_size) {
   FwdPlan p;
   const int64_t B = h.size(0), L = h.size(1);
   // Outside these, the composite runs (and rejects a window the backward would reject too).
-  if (B > 65535 || d.N > 32 || d.E == 0 || d.W1 > kMaxModalMixWindow ||
+  if (B > 65535 || d.N > kScanMaxStates || d.E == 0 || d.W1 > kMaxModalMixWindow ||
       (spec.is_double && d.W2 > kMaxModalMixWindow))
     return p;
   if (spec.kind == "conv") {
@@ -123,10 +121,7 @@ FwdPlan fused_fwd_plan(const Tensor& h, const comp::MixerSpec& spec, const comp:
     if (bytes(tl) > kDefaultSmem) return p;
     p.tokens_per_cta = tl;
   }
-  const size_t row_bytes = acc_size * size_t(d.R + 2 * d.N);
-  if (row_bytes == 0 || row_bytes > kDefaultSmem) return p;
-  p.scan_chunk = int(std::min<int64_t>({64, L, int64_t(kDefaultSmem / row_bytes)}));
-  p.scan_group = d.N <= 16 ? 4 : 8;
+  if (d.R == 0) return p;  // the scan's dt_proj needs a rank
   p.fused = true;
   return p;
 }
@@ -200,22 +195,16 @@ Tensor fused_fwd(const Tensor& h, const Tensor& n1w, const Tensor& n1b, const Te
   // 4-5. x_dbl = xs @ W_x^T; the fused scan.
   const Tensor x_dbl = at::linear(xs, as(w_x, cdt)).contiguous();  // (B, L, R + 2N)
   Tensor y = at::empty({B, L, E}, h.options());                     // (B, L, E)
-  {
-    const int chunk = plan.scan_chunk;
-    const size_t smem = sizeof(acc_t) * size_t(chunk) * size_t(R + 2 * N);
-    const int channels = kScanThreads / plan.scan_group;
-    const dim3 grid(unsigned(ceil_div(E, channels)), unsigned(B));
-    if (plan.scan_group == 4) {  // N <= 16
-      DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 4, 4>)(
-          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
-          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
-    } else {  // N <= 32
-      DMM_LAUNCH(grid, kScanThreads, smem, stream, scan_kernel<acc_t, 8, 4>)(
-          in_ptr(xs), in_ptr(x_dbl), in_ptr(xz), in_ptr(w_dt), in_ptr(dt_bias), in_ptr(A_log),
-          in_ptr(Dskip), out_ptr(y), int(L), E, N, R, chunk);
-    }
-    DMM_KERNEL_LAUNCH_CHECK();
-  }
+  BlockScanFwdArgs scan;
+  scan.xs = xs;
+  scan.x_dbl = x_dbl;
+  scan.z = xz.narrow(-1, E, E);
+  scan.w_dt = w_dt;
+  scan.dt_bias = dt_bias;
+  scan.A_log = A_log;
+  scan.D = Dskip;
+  scan.y = y;
+  block_scan_fwd(scan);
 
   // 6. out = y @ W_out^T (+ h1, in the GEMM's epilogue).
   const Tensor w_out_c = as(w_out, cdt);

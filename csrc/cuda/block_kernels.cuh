@@ -3,7 +3,6 @@
 //   preproj_conv_kernel  LN_1 + conv mixer_1 + residual + LN_2        -> h1, v
 //   ln_rows_kernel       LN of (x [+ add]) per row (the "line" path around the cuBLAS mixer)
 //   silu_mix2_kernel     [conv mixer_2 +] SiLU on the x half of in_proj
-//   scan_kernel          dt_proj mat-vec + dt bias + softplus + scan + D skip + SiLU(z) gating
 //   step_kernel          one token through the whole block, one CTA per batch row
 //
 // Shapes: B batch, L tokens, D d_model, E inner width, N state size, R dt rank, W window,
@@ -196,70 +195,6 @@ __global__ void silu_mix2_kernel(InPtr x, int64_t x_pitch, InPtr m2w, InPtr m2b,
       val = load<acc_t>(x, row * x_pitch + e);
     }
     store(xs, i, silu_(val));
-  }
-}
-
-// ================================================================================================
-// Selective scan in the block's (B, L, E) layout, fused with its prologue and epilogue:
-//   delta_t = softplus(round(W_dt @ dt_low_t) + dt_bias)   (dt_proj as a mat-vec, R is small)
-//   s_t = exp(delta_t A) s_{t-1} + delta_t B_t x_t ;  y_t = (<s_t, C_t> + D x_t) * SiLU(z_t)
-// Grid (ceil(E / channels_per_cta), B); kGroup lanes per channel split the N states
-// (kNPerLane each) and the R terms of the mat-vec, then reduce with xor shuffles.
-// x_dbl rows (dt_low | B | C) for `T` tokens are staged in shared memory per chunk:
-// dynamic shared memory acc_t xd[T * P].
-// ================================================================================================
-template <typename acc_t, int kGroup, int kNPerLane>
-__global__ void scan_kernel(InPtr xs, InPtr xdbl, InPtr xz, InPtr w_dt, InPtr dt_bias,
-                            InPtr A_log, InPtr Dskip, OutPtr y, int L, int E, int N, int R, int T) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* xd = reinterpret_cast<acc_t*>(smem_raw);
-  const DType act = y.dt;
-  const int P = R + 2 * N;
-  const int g = threadIdx.x % kGroup;
-  const int e = blockIdx.x * (blockDim.x / kGroup) + threadIdx.x / kGroup;
-  const int b = blockIdx.y;
-  const bool valid = e < E;  // invalid lanes still join the shuffles and barriers
-
-  acc_t A[kNPerLane], s[kNPerLane];
-#pragma unroll
-  for (int j = 0; j < kNPerLane; ++j) {
-    const int n = g + kGroup * j;
-    A[j] = valid && n < N ? -exp_(load<acc_t>(A_log, int64_t(e) * N + n)) : acc_t(0);
-    s[j] = acc_t(0);
-  }
-  const acc_t bias = valid ? load<acc_t>(dt_bias, e) : acc_t(0);
-  const acc_t dskip = valid ? load<acc_t>(Dskip, e) : acc_t(0);
-
-  for (int c0 = 0; c0 < L; c0 += T) {
-    const int Tc = min(T, L - c0);
-    __syncthreads();  // previous chunk fully consumed
-    const int64_t src = (int64_t(b) * L + c0) * P;  // Tc rows of x_dbl are contiguous
-    for (int i = threadIdx.x; i < Tc * P; i += blockDim.x) xd[i] = load<acc_t>(xdbl, src + i);
-    __syncthreads();
-    for (int tt = 0; tt < Tc; ++tt) {
-      const acc_t* row = xd + int64_t(tt) * P;
-      const int64_t tok = int64_t(b) * L + c0 + tt;
-      acc_t dt = 0;
-      if (valid)
-        for (int r = g; r < R; r += kGroup) dt += load_w<acc_t>(w_dt, int64_t(e) * R + r, act) * row[r];
-      dt = round_as(act, group_sum(dt, kGroup));
-      const acc_t delta = softplus_(dt + bias);
-      const acc_t x = valid ? load<acc_t>(xs, tok * E + e) : acc_t(0);
-      acc_t part = 0;
-#pragma unroll
-      for (int j = 0; j < kNPerLane; ++j) {
-        const int n = g + kGroup * j;
-        if (n < N) {
-          s[j] = exp_(delta * A[j]) * s[j] + delta * row[R + n] * x;
-          part += s[j] * row[R + N + n];
-        }
-      }
-      const acc_t ys = group_sum(part, kGroup) + dskip * x;
-      if (valid && g == 0) {
-        const acc_t z = load<acc_t>(xz, tok * 2 * E + E + e);
-        store(y, tok * E + e, ys * silu_(z));
-      }
-    }
   }
 }
 
