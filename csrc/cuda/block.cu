@@ -5,7 +5,8 @@
 //   2 cuBLAS               xz = v @ W_in^T                              (B, L, 2E)
 //   3 silu_mix2_kernel     xs = SiLU([mixer_2](x))                      (B, L, E)
 //   4 cuBLAS               x_dbl = xs @ W_x^T = [dt_low | B | C]        (B, L, R + 2N)
-//   5 scan_kernel          dt_proj + softplus + scan + D skip + SiLU(z) (B, L, E)
+//   5 block_scan_fwd       dt_proj + softplus + scan + D skip + SiLU(z) (B, L, E), read in
+//                          place (selective_scan.cu, scan_launch.h)
 //   6 cuBLAS               out = y @ W_out^T (+ h1 through addmm's beta)
 //   "line" mixers keep the mixer a GEMM (the dmm::modal_mix_fwd op) between two LayerNorm
 //   kernels: 8 launches (+1 modal_mix and no mixer_2 work in silu_mix2 for "double-line").

@@ -9,7 +9,6 @@
 // dA, dB, dC, dD, ddelta_bias are float atomics into zeroed sums, cast at the end; under
 // torch.use_deterministic_algorithms(True) each CTA writes its own slice of partial sums instead
 // (every element written once), summed in a fixed order here: bit-identical from run to run.
-#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <climits>
@@ -181,14 +180,12 @@ struct BwdSums {
     if (det) bc.insert(bc.begin(), cblocks);
     const std::vector<int64_t> a_shape = det ? std::vector<int64_t>{batch, E, N} : std::vector<int64_t>{E, N};
     const std::vector<int64_t> e_shape = det ? std::vector<int64_t>{batch, E} : std::vector<int64_t>{E};
-    const int64_t nA = c10::multiply_integers(a_shape), nE = c10::multiply_integers(e_shape),
-                  nBC = c10::multiply_integers(bc);
-    const at::Tensor zeros = at::zeros({nA + 2 * nE + 2 * nBC}, acc);  // one fill for all sums
-    dA = zeros.narrow(0, 0, nA).view(a_shape);
-    dD = zeros.narrow(0, nA, nE).view(e_shape);
-    dbias = zeros.narrow(0, nA + nE, nE).view(e_shape);
-    dB = zeros.narrow(0, nA + 2 * nE, nBC).view(bc);
-    dC = zeros.narrow(0, nA + 2 * nE + nBC, nBC).view(bc);
+    // Separate buffers: the op's outputs must not alias one another.
+    dA = at::zeros(a_shape, acc);
+    dD = at::zeros(e_shape, acc);
+    dbias = at::zeros(e_shape, acc);
+    dB = at::zeros(bc, acc);
+    dC = at::zeros(bc, acc);
     chunk_states = chunks > 1 ? at::empty({batch, E, chunks, N}, acc) : at::Tensor();
     const at::Tensor dB0 = det ? dB[0] : dB, dC0 = det ? dC[0] : dC;
     p.dA = dA.data_ptr();
