@@ -169,6 +169,14 @@ void launch_bwd(const ScanParams& p, const ScanConfig& cfg, cudaStream_t stream)
   DMM_KERNEL_LAUNCH_CHECK();
 }
 
+// `result` (contiguous) in the layout of `like`, as the CPU kernels and the fakes give it (mamba-ssm's
+// empty_like): a copy only when `like` is a strided view (the block's (B, L, C) activations).
+at::Tensor in_layout_of(const at::Tensor& result, const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like, result.options());
+  if (out.strides() == result.strides()) return result;
+  return out.copy_(result);
+}
+
 std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
     const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
@@ -179,7 +187,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   // The state is in the accumulation dtype (float32, or float64 for float64 inputs), as on CPU.
   at::Tensor last_state =
       at::zeros({s.d.batch, s.d.dim, s.d.dstate}, u.options().dtype(s.acc));  // (batch, E, N)
-  if (s.d.batch == 0 || s.d.dim == 0) return {out, last_state};
+  if (s.d.batch == 0 || s.d.dim == 0) return {in_layout_of(out, u), last_state};
 
   const bool dbl = s.acc == at::kDouble;
   const ScanConfig cfg = scan_config(s.d.dstate, dbl ? sizeof(double) : sizeof(float), false);
@@ -189,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
   const cudaStream_t stream = current_stream();
   if (dbl) launch_fwd<double>(p, cfg, stream);
   else launch_fwd<float>(p, cfg, stream);
-  return {out, last_state};
+  return {in_layout_of(out, u), last_state};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -260,13 +268,13 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const at::Tensor& u, const at::T
 
   // Absent optional inputs get numel-0 float32 gradients on u's device, as on the CPU.
   const at::Tensor none = at::empty({0}, u.options().dtype(at::kFloat));
-  return {du,
-          ddelta,
+  return {in_layout_of(du, u),
+          in_layout_of(ddelta, delta),
           dA_acc.to(A.scalar_type()),
           dB_acc.to(B.scalar_type()),
           dC_acc.to(C.scalar_type()),
           s.D.defined() ? dD_acc.to(s.D.scalar_type()) : none,
-          dz.defined() ? dz : none,
+          dz.defined() ? in_layout_of(dz, *z) : none,
           s.delta_bias.defined() ? dbias_acc.to(s.delta_bias.scalar_type()) : none};
 }
 
