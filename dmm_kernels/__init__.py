@@ -17,6 +17,7 @@ from dmm_kernels._extension import (
     FORCE_REFERENCE,
     HAS_EXTENSION,
 )
+from dmm_kernels.params import BlockParams
 from dmm_kernels.ops import (
     allocate_step_cache,
     metamamba_block,
@@ -34,6 +35,6 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE:
     )
 
 __all__ = [
-    "HAS_EXTENSION", "BACKEND", "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan",
+    "BlockParams", "HAS_EXTENSION", "BACKEND", "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan",
     "modal_mix", "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
 ]

@@ -9,6 +9,7 @@ import torch
 import dmm_kernels
 from conftest import EMULATED
 from dmm_kernels import reference as ref
+from dmm_kernels.params import SCAN_PARAMS  # kept in fp32 for low-precision blocks
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -19,7 +20,6 @@ pytestmark = [
 ]
 
 MIXERS = ("conv", "line", "double-conv", "double-line")
-SCAN_PARAMS = ("A_log", "D", "dt_proj_bias")  # kept in fp32 for low-precision blocks (ops.py)
 # Bound on ||out - ref|| / ||ref|| against the float64 reference evaluated on the same (rounded)
 # inputs. Low precisions round each stored intermediate (u, h1, v, xz, xs, x_dbl, y, out) once.
 TOLERANCE = {
@@ -44,28 +44,23 @@ def make_params(d_model, mixer, dtype, seed, d_state=16, window=6, n_modalities=
     p = ref.make_block_params(d_model, mixer, expand=expand, d_state=d_state, window=window,
                               n_modalities=n_modalities, dtype=torch.float64, device=DEVICE,
                               generator=gen)
-    return {k: None if v is None else v.to(torch.float32 if (k in SCAN_PARAMS and dtype != torch.float64) else dtype)
-            for k, v in p.items()}
-
-
-def param_args(p):
-    return [p.get(k) for k in ref.PARAM_NAMES]
+    scan_dtype = torch.float32 if dtype != torch.float64 else dtype
+    return p.map(lambda v: v.to(dtype)).map(lambda v: v.to(scan_dtype), SCAN_PARAMS)
 
 
 def block_op(h, p, mixer, n_modalities=3, residual_ssm=False, eps=1e-5):
-    return torch.ops.dmm.metamamba_block_fwd(h, *param_args(p), mixer, n_modalities,
-                                             residual_ssm, eps)
+    return torch.ops.dmm.metamamba_block_fwd(h, *p, mixer, n_modalities, residual_ssm, eps)[0]
 
 
 def step_op(h_t, cache, p, mixer, position, n_modalities=3, residual_ssm=False, eps=1e-5):
+    A = -torch.exp(p.A_log.to(cache["ssm_state"].dtype))
     return torch.ops.dmm.metamamba_step(h_t, cache["mixer1_cache"], cache["mixer2_cache"],
-                                        cache["ssm_state"], *param_args(p), mixer, n_modalities,
+                                        cache["ssm_state"], *p, A, mixer, n_modalities,
                                         residual_ssm, eps, position)
 
 
 def ref64(h, p, mixer, **kw):
-    p64 = {k: None if v is None else v.double() for k, v in p.items()}
-    return ref.metamamba_block_ref(h.double(), p64, mixer, **kw)
+    return ref.metamamba_block_ref(h.double(), p.map(torch.Tensor.double), mixer, **kw)
 
 
 def rel_err(out, expected):
@@ -148,13 +143,13 @@ def test_block_backward_float64(mixer):
     p = make_params(32, mixer, torch.float64, seed=9)
     h = randn(2, 12, 32, dtype=torch.float64, seed=10)
     dout = randn(2, 12, 32, dtype=torch.float64, seed=11)
-    names = [k for k in ref.PARAM_NAMES if p[k] is not None]
+    names = list(p.present())
 
     def grads(fn):
         hh = h.clone().requires_grad_()
-        pp = {k: None if v is None else v.clone().requires_grad_() for k, v in p.items()}
+        pp = p.map(lambda v: v.clone().requires_grad_())
         fn(hh, pp).backward(dout)
-        return [hh.grad] + [pp[k].grad for k in names]
+        return [hh.grad] + [v.grad for v in pp.present().values()]
 
     got = grads(lambda hh, pp: dmm_kernels.metamamba_block(hh, pp, mixer))
     expected = grads(lambda hh, pp: ref.metamamba_block_ref(hh, pp, mixer))
@@ -167,13 +162,13 @@ def test_block_backward_float64(mixer):
 def test_opcheck_block_ops(mixer):
     p = make_params(32, mixer, torch.float64, seed=12)
     h = randn(2, 9, 32, dtype=torch.float64, seed=13)
-    fwd_args = (h.clone().requires_grad_(),
-                *[None if v is None else v.clone().requires_grad_() for v in param_args(p)],
+    fwd_args = (h.clone().requires_grad_(), *p.map(lambda v: v.clone().requires_grad_()),
                 mixer, 3, False, 1e-5)
     torch.library.opcheck(torch.ops.dmm.metamamba_block_fwd.default, fwd_args)
+    _, *saved = torch.ops.dmm.metamamba_block_fwd(h, *p, mixer, 3, False, 1e-5)
     dout = randn(2, 9, 32, dtype=torch.float64, seed=14)
     torch.library.opcheck(torch.ops.dmm.metamamba_block_bwd.default,
-                          (dout, h, *param_args(p), mixer, 3, False, 1e-5))
+                          (dout, h, *p, *saved, mixer, 3, False, 1e-5))
 
 
 @pytest.mark.parametrize("mixer", ("conv", "double-line"))
@@ -184,8 +179,8 @@ def test_opcheck_step(mixer):
     h_t = randn(2, 32, dtype=torch.float64, seed=17)
     torch.library.opcheck(
         torch.ops.dmm.metamamba_step.default,
-        (h_t, cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *param_args(p),
-         mixer, 3, False, 1e-5, 4))
+        (h_t, cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *p,
+         -torch.exp(p.A_log), mixer, 3, False, 1e-5, 4))
 
 
 # ---- step ----------------------------------------------------------------------------------------
@@ -197,7 +192,7 @@ def test_step_sequence_equals_block(mixer, dtype, batch, length):
     h = randn(batch, length, 32, dtype=dtype, seed=19)
     cache = ref.allocate_step_cache_ref(batch, p, mixer, dtype, DEVICE)
     ref_cache = {k: None if v is None else v.double().clone() for k, v in cache.items()}
-    p64 = {k: None if v is None else v.double() for k, v in p.items()}
+    p64 = p.map(torch.Tensor.double)
     outs = []
     for t in range(length):
         outs.append(step_op(h[:, t], cache, p, mixer, position=t))

@@ -15,6 +15,7 @@ import torch
 import dmm_kernels
 from conftest import EMULATED
 from dmm_kernels import reference as ref
+from dmm_kernels.params import SCAN_PARAMS
 
 pytestmark = pytest.mark.skipif(not EMULATED,
                                 reason="needs the emulated kernels' library (DMM_KERNELS_LIBRARY)")
@@ -274,8 +275,14 @@ def block_params(d_model, mixer, seed, dtype=torch.float64, **kw):
 
 
 def block_op(h, p, mixer, n_modalities=3, residual_ssm=False):
-    return torch.ops.dmm.metamamba_block_fwd(h, *[p.get(k) for k in ref.PARAM_NAMES], mixer,
-                                             n_modalities, residual_ssm, 1e-5)
+    return torch.ops.dmm.metamamba_block_fwd(h, *p, mixer, n_modalities, residual_ssm, 1e-5)[0]
+
+
+def step_op(h_t, cache, p, mixer, position, residual_ssm=False):
+    A = -torch.exp(p.A_log.to(cache["ssm_state"].dtype))
+    return torch.ops.dmm.metamamba_step(h_t, cache["mixer1_cache"], cache["mixer2_cache"],
+                                        cache["ssm_state"], *p, A, mixer, 3, residual_ssm, 1e-5,
+                                        position)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -305,15 +312,11 @@ def test_block_empty_inner_width(mixer):
     argument" on the GPU and an error in the emulator, which rejects a 0 grid dimension as the
     hardware does; the block now falls back to the composite."""
     p = block_params(8, mixer, seed=1, expand=1)
-    for k, v in p.items():  # the same parameters with E = 0: every E-sized dimension emptied
-        if v is not None and k not in ("norm1_weight", "norm1_bias", "mixer1_weight",
-                                       "mixer1_bias", "norm2_weight", "norm2_bias"):
-            E_dims = {"in_proj_weight": [0], "x_proj_weight": [1], "dt_proj_weight": [0],
-                      "dt_proj_bias": [0], "A_log": [0], "D": [0], "out_proj_weight": [1],
-                      "mixer2_weight": [2], "mixer2_bias": [1]}[k]
-            for dim in E_dims:
-                v = v.narrow(dim, 0, 0)
-            p[k] = v.contiguous()
+    # The same parameters with E = 0: every E-sized dimension emptied.
+    E_dims = {"in_proj_weight": 0, "x_proj_weight": 1, "dt_proj_weight": 0, "dt_proj_bias": 0,
+              "A_log": 0, "D": 0, "out_proj_weight": 1, "mixer2_weight": 2, "mixer2_bias": 1}
+    p = p._replace(**{k: v.narrow(E_dims[k], 0, 0).contiguous()
+                      for k, v in p.present().items() if k in E_dims})
     h = randn(2, 5, 8, seed=2)
     out = block_op(h, p, mixer)
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, mixer), rtol=1e-10, atol=1e-10)
@@ -323,9 +326,9 @@ def test_block_no_states_no_dt_rank():
     """Bug (block.cu before 88d0999): N == 0 with R == 0 gave row_bytes == 0 and an integer
     division by zero in the fused plan (SIGFPE); it now falls back to the composite."""
     p = block_params(8, "conv", seed=1, d_state=0)
-    E = p["in_proj_weight"].shape[0] // 2
-    p["x_proj_weight"] = torch.zeros(0, E, dtype=torch.float64)
-    p["dt_proj_weight"] = torch.zeros(E, 0, dtype=torch.float64)
+    E = p.in_proj_weight.shape[0] // 2
+    p = p._replace(x_proj_weight=torch.zeros(0, E, dtype=torch.float64),
+                   dt_proj_weight=torch.zeros(E, 0, dtype=torch.float64))
     h = randn(2, 5, 8, seed=2)
     out = block_op(h, p, "conv")
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, "conv"), rtol=1e-10, atol=1e-10)
@@ -345,9 +348,7 @@ def test_step_fuzzed_equals_block(mixer):
     p = block_params(40, mixer, seed=5)
     h = randn(2, 8, 40, seed=6)
     cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64, "cpu")
-    outs = [torch.ops.dmm.metamamba_step(h[:, t], cache["mixer1_cache"], cache["mixer2_cache"],
-                                         cache["ssm_state"], *[p.get(k) for k in ref.PARAM_NAMES],
-                                         mixer, 3, False, 1e-5, t) for t in range(8)]
+    outs = [step_op(h[:, t], cache, p, mixer, t) for t in range(8)]
     assert rel_err(torch.stack(outs, 1), ref.metamamba_block_ref(h, p, mixer)) < 1e-10
 
 
@@ -359,29 +360,48 @@ def blocks_during(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_wide_step_uses_opt_in_shared_memory(dtype):
-    """D = 1024: the step kernel needs more than 48 KB of shared memory (cudaFuncSetAttribute
-    opt-in, enforced by the emulator) and runs as one block per batch row; the fused forward shrinks
-    its preproj tile below 8 tokens. Low precisions round like the composite."""
-    p = block_params(1024, "conv", seed=22, dtype=dtype)
-    for k in ("A_log", "D", "dt_proj_bias"):
-        p[k] = p[k].float()
+def test_wide_step_and_block(dtype):
+    """D = 1024: the step's stages spread its rows over many blocks; the fused forward shrinks its
+    preproj tile below 8 tokens. Low precisions round like the composite."""
+    p = block_params(1024, "conv", seed=22, dtype=dtype).map(torch.Tensor.float, SCAN_PARAMS)
     h = randn(2, 4, 1024, dtype=dtype, seed=23)
     cache = ref.allocate_step_cache_ref(2, p, "conv", dtype, "cpu")
     outs = []
     for t in range(4):
-        out, blocks = blocks_during(lambda: torch.ops.dmm.metamamba_step(
-            h[:, t], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
-            *[p.get(k) for k in ref.PARAM_NAMES], "conv", 3, False, 1e-5, t))
-        assert blocks == 2  # the step kernel, one block per row (the composite launches nothing)
+        out, blocks = blocks_during(lambda: step_op(h[:, t], cache, p, "conv", t))
+        # in_proj 4096 rows, x_proj 96, out_proj 1024, 16 rows a block; the scan 16 channels a block
+        assert blocks == 2 * (4096 // 16 + 6 + 2048 // 16 + 1024 // 16)
         outs.append(out)
-    p64 = {k: None if v is None else v.double() for k, v in p.items()}
-    expected = ref.metamamba_block_ref(h.double(), p64, "conv")
+    expected = ref.metamamba_block_ref(h.double(), p.map(torch.Tensor.double), "conv")
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
     assert rel_err(torch.stack(outs, 1), expected) < tol
     fused, blocks = blocks_during(lambda: block_op(h, p, "conv"))
     assert blocks > 0
     assert rel_err(fused, expected) < tol
+
+
+@pytest.mark.parametrize("mixer", ["conv", "line", "double-conv", "double-line"])
+def test_step_batch_one_spreads_rows_over_blocks(mixer):
+    """Batch 1 at the paper's width (D 128, E 256, N 16): each stage spreads its weight rows over
+    blocks (one block per batch row was the old kernel), launches 4 stages for "conv", one more for
+    the line mixer_1 and one more for mixer_2, and equals the reference step by step."""
+    p = block_params(128, mixer, seed=4)
+    h = randn(1, 6, 128, seed=5)
+    cache = ref.allocate_step_cache_ref(1, p, mixer, torch.float64, "cpu")
+    ref_cache = {k: None if v is None else v.clone() for k, v in cache.items()}
+    launches = 4 + mixer.endswith("line") + mixer.startswith("double-")
+    blocks = (128 // 16 if mixer.endswith("line") else 0) + 512 // 16 \
+        + (256 // 16 if mixer.startswith("double-") else 0) + 3 + 256 // 16 + 128 // 16
+    for t in range(6):
+        before = torch.ops.dmm_emu.launches_run()
+        out, n_blocks = blocks_during(lambda: step_op(h[:, t], cache, p, mixer, t))
+        assert torch.ops.dmm_emu.launches_run() - before == launches
+        assert n_blocks == blocks
+        expected, ref_cache = ref.metamamba_step_ref(h[:, t], ref_cache, p, mixer, position=t)
+        assert rel_err(out, expected) < 1e-12
+        for key, value in cache.items():
+            if value is not None:
+                assert rel_err(value, ref_cache[key]) < 1e-12, key
 
 
 @pytest.mark.parametrize("mixer", ["line", "double-line"])

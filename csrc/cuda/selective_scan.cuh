@@ -5,10 +5,10 @@
 //   s_t = exp(delta_t A) s_{t-1} + delta_t B_t u_t,   y_t = <s_t, C_t>,
 //   out_t = (y_t + D u_t) * SiLU(z_t)                  (per channel e; N states n)
 //
-// Thread mapping. A CTA of kThreads = 128 threads owns one batch row b and kChans = 32 consecutive
-// channels of one B/C group. Each channel is served by kLanes = 4 adjacent lanes of one warp; lane j
-// owns kItems consecutive time steps [j kItems, (j + 1) kItems) of a chunk of kChunk = 4 kItems
-// steps. Per chunk, the CTA stages in shared memory (coalesced, 16-byte vector loads where aligned):
+// Thread mapping. A CTA of 128 threads owns one batch row b and 32 consecutive channels of one B/C
+// group (a single warp and 8 channels where N is large). Each channel is served by kScanLanes = 4
+// adjacent lanes of one warp; lane j owns kItems consecutive time steps [j kItems, (j + 1) kItems)
+// of a chunk of kChunk = 4 kItems steps (kItems 16, 8 or 4: ScanTraits). Per chunk, the CTA stages in shared memory (coalesced, 16-byte vector loads where aligned):
 // B / C rows [N][kChunk] (shared by the 32 channels) and its channels' u / delta / z tiles
 // [kChans][kChunk]. Inputs are strided views: the op's (B, E, L) layout (L contiguous) and the block's
 // (B, L, E) layout (E contiguous) are both read in place.

@@ -122,6 +122,8 @@ void set_nan_fill(bool on);
 bool nan_fill();
 // Blocks run by this OS thread so far (a test hook).
 uint64_t blocks_run();
+// Kernel launches this OS thread made so far (each valid DMM_LAUNCH).
+uint64_t launches_run();
 
 // The dynamic shared-memory limit a launch of `kernel` may use now (48 KB or the opt-in value).
 size_t dynamic_smem_limit(const void* kernel);

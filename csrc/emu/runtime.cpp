@@ -52,6 +52,7 @@ struct ThreadSettings {
   std::mt19937_64 rng{seed};
   bool nan_fill = true;
   uint64_t blocks_run = 0;
+  uint64_t launches_run = 0;
   cudaError_t last_error = cudaSuccess;
 };
 ThreadSettings& settings() {
@@ -588,6 +589,7 @@ void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t 
          " bytes allowed for this kernel");
   }
 
+  ++settings().launches_run;
   Block b;
   b.name = name;
   b.grid = grid;
@@ -666,6 +668,7 @@ uint64_t schedule_seed() { return detail::settings().seed; }
 void set_nan_fill(bool on) { detail::settings().nan_fill = on; }
 bool nan_fill() { return detail::settings().nan_fill; }
 uint64_t blocks_run() { return detail::settings().blocks_run; }
+uint64_t launches_run() { return detail::settings().launches_run; }
 
 size_t dynamic_smem_limit(const void* kernel) {
   const std::lock_guard<std::mutex> lock(detail::attr_mutex);
