@@ -170,7 +170,7 @@ BlockFwdResult fused_fwd(const Tensor& h, const BlockParams& p, const MixerSpec&
   const auto cdt = h.scalar_type();
   const auto stream = current_stream();
   const int64_t B = h.size(0), L = h.size(1);
-  const int Dm = int(d.D), E = int(d.E), N = int(d.N), R = int(d.R), M = int(d.M);
+  const int Dm = int(d.D), E = int(d.E), M = int(d.M);
   const bool line = spec.kind == "line";
   BlockSaved s;
 

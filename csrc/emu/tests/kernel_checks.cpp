@@ -147,7 +147,7 @@ bool scan_fwd() {
 }
 
 // Backward: dD and <du, u> against the reference (out is linear in u for fixed delta, so
-// <du, u> = sum g * out), dB against a central difference of sum(g * out) in B.
+// <du, u> = sum g * out), dB and dA against central differences of sum(g * out) in B and A.
 template <typename KT>
 bool scan_bwd_config(const ScanCase& c, const char* name) {
   const size_t n = size_t(c.batch) * c.E * c.L;
@@ -175,6 +175,19 @@ bool scan_bwd_config(const ScanCase& c, const char* name) {
     for (size_t k = 0; k < n; ++k) d += g[k] * (op[k] - om[k]);
     want_dB.push_back(d / 2e-6);
   }
+  // d/dA[e, n] at channels of both channel tiles: the only check here that needs the forward
+  // states the backward recomputes per chunk (du and dB need only the adjoint)
+  const int probe_en[][2] = {{1, 2}, {33, 4}};
+  std::vector<double> want_dA;
+  for (const auto& en : probe_en) {
+    ScanCase cp = c, cm = c;
+    cp.A[size_t(en[0]) * c.N + en[1]] += 1e-6;
+    cm.A[size_t(en[0]) * c.N + en[1]] -= 1e-6;
+    const auto op = cp.reference(), om = cm.reference();
+    double d = 0;
+    for (size_t k = 0; k < n; ++k) d += g[k] * (op[k] - om[k]);
+    want_dA.push_back(d / 2e-6);
+  }
   bool ok = true;
   for (uint64_t seed : kSeeds) {
     dmm::emu::set_schedule_seed(seed);
@@ -201,6 +214,9 @@ bool scan_bwd_config(const ScanCase& c, const char* name) {
     std::vector<double> got_dB;
     for (int t : probe_t) got_dB.push_back(dB[(size_t(1) * c.N + 2) * c.L + t]);
     ok = compare("  dB (central difference)", seed, got_dB, want_dB, 1e-6) && ok;
+    std::vector<double> got_dA;
+    for (const auto& en : probe_en) got_dA.push_back(dA[size_t(en[0]) * c.N + en[1]]);
+    ok = compare("  dA (central difference)", seed, got_dA, want_dA, 1e-6) && ok;
   }
   return ok;
 }
