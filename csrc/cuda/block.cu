@@ -12,9 +12,12 @@
 //   kernels: 8 launches (+1 modal_mix and no mixer_2 work in silu_mix2 for "double-line").
 //   Every saved activation (csrc/block/params.h) is one of these kernels' outputs: saving costs
 //   no launch. Parameter casts to h's dtype add launches only when a parameter has another dtype.
-// metamamba_block_bwd, from the saved activations: the composite's parts (csrc/block/composite.cpp:
-//   GEMMs, the scan op) with the SiLU backward and, for conv mixers, LN_2 + residual + mixer_1 +
-//   LN_1 backward as fused kernels (csrc/cuda/block_bwd_kernels.cuh).
+// metamamba_block_bwd, from the saved activations (conv: 6 GEMMs + 4 kernels + 5 zero fills):
+//   out_proj's two GEMMs; block_scan_bwd, one launch with dt_proj folded in (dxs, dz into in_proj's
+//   gradient, d x_dbl and the dt_proj / A_log / D / dt_bias sums into zeroed buffers); x_proj's
+//   two GEMMs; the SiLU backward (block_bwd_kernels.cuh); in_proj's two GEMMs; for conv mixers
+//   LN_2 + residual + mixer_1 + LN_1 backward fused (+ its partial-sum reduction), else the
+//   composite's (csrc/block/composite.cpp).
 // metamamba_step: stages of rows spread over CTAs (csrc/cuda/step_kernels.cuh): 4 launches for
 //   "conv", +1 for "line" (mixer_1 rows), +1 for double mixers (mixer_2 rows); no host sync and
 //   one allocation (the output, which carries the stages' workspace), so the steps of all layers
