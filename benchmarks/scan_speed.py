@@ -1,4 +1,4 @@
-"""Time and memory of the dmm ops against unfused baselines (DESIGN.md section 6).
+"""Time and memory of the dmm ops vs unfused baselines (docs/ARCHITECTURE.md, "Benchmark shapes").
 
     python benchmarks/scan_speed.py [--device cpu|cuda] [--shapes paper,rl-large,long] [--reps N]
 
@@ -23,7 +23,7 @@ from csv_out import write_rows  # noqa: E402
 from timing import median_ms  # noqa: E402
 from dmm_kernels import reference  # noqa: E402
 
-SHAPES = {  # DESIGN.md section 6
+SHAPES = {  # docs/ARCHITECTURE.md, "Benchmark shapes"
     "paper": dict(batch=64, L=24, d_model=128, expand=2, d_state=16, window=6, dtype=torch.float32),
     "rl-large": dict(batch=256, L=60, d_model=256, expand=2, d_state=16, window=6, dtype=torch.float32),
     "long": dict(batch=8, L=4096, d_model=1024, expand=2, d_state=16, window=6, dtype=torch.bfloat16),

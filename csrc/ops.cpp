@@ -41,7 +41,7 @@ TORCH_LIBRARY(dmm, m) {
       "modal_mix_bwd(Tensor dy, Tensor u, Tensor weight, Tensor? bias, str kind, "
       "int n_modalities, int phase) -> (Tensor du, Tensor dweight, Tensor dbias)");
 
-  // ---- whole MetaMamba block (DESIGN.md section 3) ------------------------------------------------
+  // ---- whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") --------------------------
   // The parameters (DMM_BLOCK_PARAMS, csrc/block/params.h) in this order: norm1_weight (D,),
   // norm1_bias (D,), mixer1_weight, mixer1_bias?, norm2_weight (D,), norm2_bias (D,),
   // in_proj_weight (2E, D), mixer2_weight?, mixer2_bias?, x_proj_weight (R + 2N, E),

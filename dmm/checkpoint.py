@@ -15,6 +15,7 @@ A checkpoint is a plain dict saved with torch.save:
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ import torch
 from dmm._io import atomic_write
 
 CHECKPOINT_FORMAT = 1
+# Checkpoints are written atomically, so a damaged one was cut short or changed afterwards.
+_DAMAGED_FIX = ("copy it again from where it came from, or start a new run (dmm train without "
+                "--resume)")
 
 
 def rng_state() -> dict:
@@ -58,8 +62,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load a checkpoint written by save_checkpoint. `path` may be the .pt file or a run
     folder (then <run>/checkpoints/last.pt is used)."""
     path = resolve_checkpoint_path(path)
-    # weights_only=False: the payload holds numpy arrays and RNG tuples; only load files you trust.
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file, not a checkpoint; {_DAMAGED_FIX}")
+    try:
+        # weights_only=False: the payload holds numpy arrays and RNG tuples; only load files you trust.
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        why = " ".join(str(e).split())[:200]  # torch's reader errors span lines
+        raise ValueError(f"{path}: cannot read as a checkpoint ({type(e).__name__}: {why}); it is "
+                         f"truncated or damaged; {_DAMAGED_FIX}") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path} is not a dmm checkpoint (missing 'model' / 'model_config')")
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:

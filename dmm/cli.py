@@ -15,9 +15,9 @@ import torch
 import dmm_kernels
 from dmm import __version__
 from dmm.config import apply_overrides, available_configs, make_config, merge
-from dmm.data import embedded, generate, load_dataset
-from dmm.data.d4rl import d4rl_cache_dir
+from dmm.data import embedded, generate, install, load_dataset
 from dmm.evaluate import evaluate_checkpoint
+from dmm.optional import MissingPackage
 from dmm.train import train
 
 EPILOG_TRAIN = """\
@@ -147,9 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=cmd_datasets_make)
     di = dsub.add_parser(
         "install", help="copy shipped datasets (e.g. datasets/hopper) into the D4RL and Minari "
-        "caches", description="Check the sha256 sums of DIR/MANIFEST.json, copy its HDF5 files "
-        "into $D4RL_DATASET_DIR (~/.d4rl/datasets) and unpack its Minari tarballs into "
-        "$MINARI_DATASETS_PATH (~/.minari/datasets), so d4rl:<name> and minari:<id> find them.")
+        "caches", description="Check every file of DIR/MANIFEST.json (sha256) first, then copy "
+        "its HDF5 files into $D4RL_DATASET_DIR (~/.d4rl/datasets) and unpack its Minari "
+        "tarballs into $MINARI_DATASETS_PATH (~/.minari/datasets), so d4rl:<name> and "
+        "minari:<id> find them. Each dataset goes through a staging folder and is renamed into "
+        "place whole; an install cut short is named by `dmm datasets` and the loaders, and "
+        "running this command again repairs it.")
     di.add_argument("dir", help="folder holding MANIFEST.json (e.g. datasets/hopper)")
     di.set_defaults(func=cmd_datasets_install)
 
@@ -199,6 +202,7 @@ def train_config(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    dmm_kernels.check_backend()
     changes = _flag_overrides(args)
     if args.resume:
         if args.config or args.model or args.mixer or args.overrides:
@@ -211,6 +215,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    dmm_kernels.check_backend()
     changes = _flag_overrides(args)
     changes.get("train", {}).pop("out", None)
     parent = Path(args.out or Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -245,6 +250,7 @@ def _compare_table(results: dict) -> str:
 
 
 def cmd_eval(args) -> int:
+    dmm_kernels.check_backend()
     target = None
     if args.target_return:
         target = args.target_return[0] if len(args.target_return) == 1 else args.target_return
@@ -264,7 +270,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_datasets_make(args) -> int:
-
+    if args.pack and not args.out:
+        raise ValueError("--pack needs --out (the folder the tarballs and MANIFEST.json go to)")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps {args.steps}: each dataset needs at least 1 step")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: seeds are >= 0")
     out = Path(args.out) if args.out else None
     kw = {}
     if args.max_medium_steps is not None:
@@ -277,8 +288,6 @@ def cmd_datasets_make(args) -> int:
         progress=not args.no_progress, force=args.force,
         next_observations=not args.no_next_observations, train_kwargs=kw)
     if args.pack:
-        if out is None:
-            raise SystemExit("--pack needs --out")
         generate.pack(args.env, out, list(res))
     for kind, meta in res.items():
         b = meta["behaviour"]
@@ -289,9 +298,8 @@ def cmd_datasets_make(args) -> int:
 
 
 def cmd_datasets_install(args) -> int:
-
     d4rl, minari = generate.default_out_dirs()
-    for name in generate.install_shipped(Path(args.dir)):
+    for name in install.install_shipped(Path(args.dir), d4rl, minari):
         print(f"installed {name}: {d4rl}, {minari}")
     return 0
 
@@ -309,18 +317,22 @@ def cmd_datasets(args) -> int:
         print(line)
     if not names:
         print("  (none found)")
-    d4rl = Path(d4rl_cache_dir())
+    d4rl, minari = generate.default_out_dirs()
     files = sorted(d4rl.glob("*.hdf5")) if d4rl.is_dir() else []
     print(f"D4RL cache {d4rl} (spec d4rl:<name>):" + ("" if files else " nothing found"))
     for f in files:
         print(f"  {f.stem}  ({f.stat().st_size / 2**20:.0f} MiB)")
-    minari = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
     found = sorted(str(p.parent.relative_to(minari)).removesuffix("/data")  # minari >= 0.5
-                   for p in minari.rglob("metadata.json") if p.parent != minari) \
+                   for p in minari.rglob("metadata.json")
+                   if p.parent != minari and install.STAGING not in p.parts) \
         if minari.is_dir() else []
     print(f"Minari cache {minari} (spec minari:<id>):" + ("" if found else " nothing found"))
     for f in found:
         print(f"  {f}")
+    interrupted = {r["dataset"]: r for root in (d4rl, minari)
+                   for r in install.interrupted_installs(root)}
+    for name, record in sorted(interrupted.items()):
+        print(f"interrupted install of {name}: {install.repair_hint(record)}")
     return 0
 
 
@@ -340,9 +352,12 @@ def cmd_info(args) -> int:
         print(f"{info['decision']}; built against torch {info['torch']}")
     if not dmm_kernels.EXTENSION_LOADED:
         print(f"  why not loaded: {dmm_kernels.EXTENSION_ERROR}")
-    print(f"kernels in use: CPU tensors -> {dmm_kernels.BACKEND['cpu']}, CUDA tensors -> "
-          f"{dmm_kernels.BACKEND['cuda']}" + (f"  (DMM_KERNELS_BACKEND={os.environ['DMM_KERNELS_BACKEND']})"
-                                             if os.environ.get("DMM_KERNELS_BACKEND") else ""))
+    if dmm_kernels.BACKEND_ERROR:
+        print(f"kernels in use: none; {dmm_kernels.BACKEND_ERROR}")
+    else:
+        print(f"kernels in use: CPU tensors -> {dmm_kernels.BACKEND['cpu']}, CUDA tensors -> "
+              f"{dmm_kernels.BACKEND['cuda']}" + (f"  (DMM_KERNELS_BACKEND={os.environ['DMM_KERNELS_BACKEND']})"
+                                                 if os.environ.get("DMM_KERNELS_BACKEND") else ""))
     cuda = torch.cuda.is_available()
     print(f"CUDA available: {cuda}" + (f" ({torch.cuda.device_count()} x "
                                        f"{torch.cuda.get_device_name(0)})" if cuda else ""))
@@ -368,10 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, MissingPackage) as e:
+        # Bad input (a value, a file, an environment switch, a missing optional package): one
+        # line naming it and the fix, exit status 2; DMM_DEBUG=1 shows the traceback instead.
         if os.environ.get("DMM_DEBUG"):
             raise
-        print(f"dmm {args.command}: error: {e}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "datasets_command", None))))
+        print(f"dmm {command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

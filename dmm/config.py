@@ -160,6 +160,23 @@ def _locate(cfg: dict, key: str) -> tuple[str, str]:
     return hits[0], key
 
 
+# Counts a run cannot start without: (section, key) -> the smallest value allowed.
+MINIMA = {("train", "steps"): 1, ("train", "batch_size"): 1, ("train", "warmup_steps"): 0,
+          ("train", "log_every"): 1, ("train", "eval_every"): 0, ("train", "checkpoint_every"): 1,
+          ("eval", "episodes"): 0}
+
+
+def check_values(cfg: dict) -> None:
+    """The counts and the learning rate in range, before any data is loaded."""
+    for (section, key), low in MINIMA.items():
+        value = cfg[section][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{section}.{key} = {value!r}: expected an integer >= {low}")
+    lr = cfg["train"]["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"train.lr = {lr!r}: expected a number > 0")
+
+
 def resolve_config(cfg: dict, dataset) -> dict:
     """Fill the None defaults that depend on the dataset or the model preset."""
     cfg = copy.deepcopy(cfg)
@@ -175,8 +192,19 @@ def resolve_config(cfg: dict, dataset) -> dict:
     return cfg
 
 
+def check_widths(model_cfg: dict, dataset, where: str = "the config's model section") -> None:
+    """The dataset's observation / action widths against those a model config fixes, if any."""
+    for key, width in (("state_dim", dataset.state_dim), ("act_dim", dataset.act_dim)):
+        if model_cfg.get(key) is not None and int(model_cfg[key]) != int(width):
+            data = "observations" if key == "state_dim" else "actions"
+            raise ValueError(f"{dataset.name}: {data} are {width} wide but {where} has "
+                             f"{key} {model_cfg[key]}; train on data of that width, or leave "
+                             f"model.{key} out (it is taken from the data)")
+
+
 def model_config(cfg: dict, dataset) -> dict:
     """dmm.build_model's argument: the model section plus what the dataset determines."""
+    check_widths(cfg["model"], dataset)
     mc = dict(cfg["model"])
     mc.update(state_dim=int(dataset.state_dim), act_dim=int(dataset.act_dim))
     mc.setdefault("max_ep_len", int(getattr(dataset, "max_ep_len", None) or 1000))

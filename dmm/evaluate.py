@@ -30,17 +30,31 @@ from dmm.runtime import select_device, set_threads
 EVAL_MODES = ("window", "recurrent")
 
 
-def check_env(env_id: str | None) -> None:
-    """Raise a ValueError saying what to do when env_id cannot be evaluated in."""
+def check_env(env_id: str | None, state_dim: int | None = None, act_dim: int | None = None,
+              source: str = "the data", fix: str | None = None) -> None:
+    """Raise a ValueError saying what to do when env_id cannot be evaluated in, or when its
+    observations / actions are not `state_dim` / `act_dim` wide (those of `source`; `fix` says
+    what to do then)."""
     if env_id is None:
         raise ValueError("this dataset names no Gymnasium environment to evaluate in (e.g. "
                          "AntMaze, whose D4RL layout has no Gymnasium counterpart); pass "
                          "--eval-episodes 0 to train without evaluating")
     try:
         gym.spec(env_id)
-    except gym.error.Error as e:
+        if state_dim is None and act_dim is None:
+            return
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as e:  # unknown id, or MuJoCo not installed
         raise ValueError(f"cannot create environment {env_id!r} ({e}); install its package "
                          f"(e.g. gymnasium[mujoco]) or pass --eval-episodes 0") from e
+    widths = {"observations": (state_dim, gym.spaces.flatdim(env.observation_space)),
+              "actions": (act_dim, gym.spaces.flatdim(env.action_space))}
+    env.close()
+    for key, (have, want) in widths.items():
+        if have is not None and have != want:
+            raise ValueError(f"{source}: {key} are {have} wide but {env_id} has {want}; " + (
+                fix or f"this is not {env_id} data: pass data recorded in {env_id}, or "
+                "--eval-episodes 0 to train without evaluating"))
 
 
 def make_vector_env(env_id: str, n: int):
@@ -221,6 +235,8 @@ def evaluate_checkpoint(checkpoint, *, episodes: int | None = None, mode: str | 
     set_threads(ckpt["config"]["train"].get("threads"))
     ec = ckpt["config"]["eval"]
     info = ckpt["dataset_info"]
+    check_env(info["env_id"], model.state_dim, model.act_dim, source=f"the model of {checkpoint}",
+              fix="it was trained on data of another environment: evaluate it there")
     mode = mode or ec["mode"]
     res = evaluate_model(
         model, info, state_mean=ckpt["state_mean"], state_std=ckpt["state_std"],

@@ -1,4 +1,4 @@
-"""MetaMambaBlock: the Decision MetaMamba layer (DESIGN.md section 3) as an nn.Module.
+"""MetaMambaBlock: the Decision MetaMamba layer (docs/ARCHITECTURE.md, "The MetaMamba block") as an nn.Module.
 
 The block owns its parameters (names follow mamba-ssm where they exist) and hands the
 computation to the fused ops in dmm_kernels: `metamamba_block` for a sequence and

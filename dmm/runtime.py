@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +11,14 @@ import torch.distributed as dist
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
     """"auto" -> cuda when available, else cpu; "cuda" -> cuda:<local_rank>."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(name)):
+        raise ValueError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is "
-                               "False; use --device cpu")
+            raise ValueError(f"--device {name} was requested but torch sees no CUDA GPU "
+                             "(torch.cuda.is_available() is False); use --device cpu")
         if name == "cuda":
             name = f"cuda:{local_rank}"
     return torch.device(name)

@@ -1,7 +1,7 @@
 """The (R, s, a) token layout shared by every model, the data pipeline and evaluation.
 
 Token 3t + m of a window has modality m: 0 = return-to-go R_t, 1 = state s_t, 2 = action a_t.
-Padded steps carry zero states, zero returns-to-go and actions PAD_ACTION (DESIGN.md section 3).
+Padded steps carry zero states, zero returns-to-go and actions PAD_ACTION (docs/ARCHITECTURE.md, "Tokens and padding").
 """
 from __future__ import annotations
 

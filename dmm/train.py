@@ -38,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dmm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dmm.config import RESUMABLE_KEYS, model_config, resolve_config
+from dmm.config import (RESUMABLE_KEYS, check_values, check_widths, model_config,
+                        resolve_config)
 from dmm.data import SegmentSampler, load_dataset
 from dmm.evaluate import check_env, evaluate_model, normalize
 from dmm.factory import build_model
@@ -173,8 +174,12 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     if resume is not None:
         ckpt = load_checkpoint(resume)
         cfg = _resume_config(ckpt["config"], config or {})
+        if cfg["train"]["steps"] < ckpt["step"]:
+            raise ValueError(f"--steps {cfg['train']['steps']} is below the {ckpt['step']} steps "
+                             f"{resume} has done; give more steps to extend the run")
     else:
         cfg = copy.deepcopy(config)
+    check_values(cfg)
     tc, ec = cfg["train"], cfg["eval"]
 
     dist_info = init_distributed(tc["device"])
@@ -189,10 +194,14 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     else:
         state_mean, state_std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
     reward_scale = float(cfg["data"]["reward_scale"])
-    if ec["episodes"] > 0 and dist_info.is_main:
-        check_env(getattr(dataset, "env_id", None))  # fail now, not after hours of training
-
+    # Fail now, not after hours of training: the data's widths against the model's and the env's.
+    if ckpt is not None:
+        check_widths(ckpt["model_config"], dataset, where=f"the model of {resume}")
     mcfg = ckpt["model_config"] if ckpt is not None else model_config(cfg, dataset)
+    if ec["episodes"] > 0 and dist_info.is_main:
+        check_env(getattr(dataset, "env_id", None), dataset.state_dim, dataset.act_dim,
+                  source=dataset.name)
+
     torch.manual_seed(tc["seed"])  # model initialisation
     model = build_model(mcfg).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"],
@@ -218,6 +227,8 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     dataset_info = _dataset_info(dataset, cfg)
+    dataset_score = _dataset_score(dataset, dataset_info)
+    title = f"{dataset.name} · {_model_name(model.config)} · seed {tc['seed']}"
     metrics = None
     if dist_info.is_main:
         _write_config(run_dir, cfg, mcfg)
@@ -231,6 +242,9 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
                 "step": step, "rng": rng_state(), "state_mean": state_mean,
                 "state_std": state_std, "reward_scale": reward_scale,
                 "dataset": cfg["data"]["dataset"], "dataset_info": dataset_info, "config": cfg})
+
+    def plot() -> None:
+        _plot(run_dir, title, dataset_score)
 
     def run_eval() -> dict | None:
         if not dist_info.is_main or ec["episodes"] <= 0:
@@ -297,7 +311,7 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
                         history.append(row)
                         bar.write(f"step {step}: normalized score {res['score_mean']:.1f} "
                                   f"± {res['score_std']:.1f}")
-                        _plot(run_dir)
+                        plot()
                     model.train()
                     barrier(dist_info)
                 if step % tc["checkpoint_every"] == 0:
@@ -311,24 +325,23 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
             bar.close()
             checkpoint()
             if dist_info.is_main:
-                _plot(run_dir)
+                plot()
                 log(f"interrupted at step {step}; checkpoint saved. Continue with: "
                     f"dmm train --resume {run_dir}")
             raise
     bar.close()
     checkpoint()
 
-    final, dataset_score = None, None
+    final = None
     if dist_info.is_main:
         final = run_eval()
-        dataset_score = _dataset_score(dataset, dataset_info)
         if final is not None:
             row = _eval_row(step, final, t_start)
             metrics.write(**row)
             history.append(row)
         elapsed = time.time() - t_start
         _write_results(run_dir, final, dataset_score, step, elapsed)
-        _plot(run_dir)
+        plot()
         if final is not None:
             log(f"final normalized score: {final['score_mean']:.1f} ± {final['score_std']:.1f} "
                 f"(mean ± std over {final['episodes']} episodes, return "
@@ -418,9 +431,18 @@ def _write_results(run_dir: Path, final: dict | None, dataset_score, step: int, 
     os.replace(tmp, run_dir / "results.json")
 
 
-def _plot(run_dir: Path) -> None:
+def _model_name(config: dict) -> str:
+    """From a built model's config (the preset's mixer resolved)."""
+    if config["model"] == "dt":
+        return "Decision Transformer"
+    mixer = config["mixer"]
+    return "Decision Mamba (no mixer)" if mixer == "none" else f"DMM ({mixer} mixer)"
+
+
+def _plot(run_dir: Path, title: str, dataset_score: float | None) -> None:
     try:
-        plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png")
+        plot_learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png", title,
+                            dataset_score)
     except Exception as e:  # a plotting failure must never lose a training run
         print(f"warning: could not draw the learning curve: {e}", file=sys.stderr)
 

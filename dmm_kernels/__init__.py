@@ -5,19 +5,23 @@ build compiled (CPU or CPU + CUDA kernels, against which torch, and why); BACKEN
 the ops per device type (dmm_kernels/backend.py: compiled CUDA kernels, Triton, or the reference).
 DMM_KERNELS_BACKEND=cuda|triton|reference forces one; DMM_KERNELS_FORCE_REFERENCE=1 is the same
 as reference; DMM_KERNELS_LIBRARY=/path/to.so loads a development build of the ops in place of
-dmm_kernels._C.
+dmm_kernels._C. A DMM_KERNELS_BACKEND that cannot be honoured does not fail the import: every
+op raises BackendError (BACKEND_ERROR holds the message; check_backend() raises it).
 """
 import warnings
 
 from dmm_kernels._extension import (
     BACKEND,
+    BACKEND_ERROR,
     BUILD_INFO,
     EXTENSION_ERROR,
     EXTENSION_LOADED,
     FORCE_REFERENCE,
     HAS_EXTENSION,
+    check_backend,
 )
 from dmm_kernels.params import BlockParams
+from dmm_kernels.backend import BackendError
 from dmm_kernels.ops import (
     allocate_step_cache,
     metamamba_block,
@@ -27,7 +31,7 @@ from dmm_kernels.ops import (
     selective_scan,
 )
 
-if not EXTENSION_LOADED and not FORCE_REFERENCE:
+if not EXTENSION_LOADED and not FORCE_REFERENCE and BACKEND_ERROR is None:  # else ops raise it
     warnings.warn(
         f"dmm_kernels: compiled ops not available ({EXTENSION_ERROR}); using the pure-PyTorch "
         "reference, which is slow. Reinstall with `pip install .` to build them.",
@@ -35,6 +39,7 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE:
     )
 
 __all__ = [
-    "BlockParams", "HAS_EXTENSION", "BACKEND", "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan",
-    "modal_mix", "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
+    "BlockParams", "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend",
+    "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix",
+    "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
 ]

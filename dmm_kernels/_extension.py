@@ -48,13 +48,28 @@ def _load() -> tuple[bool, Exception | None]:
         return False, error
 
 
+def _configure() -> tuple[dict[str, str], str | None]:
+    try:
+        return backend.configure(EXTENSION_LOADED, EXTENSION_ERROR), None
+    except backend.BackendError as error:  # raised by every op instead (see check_backend)
+        return {"cpu": "none", "cuda": "none"}, str(error)
+
+
 BUILD_INFO = read_build_info()
 EXTENSION_LOADED, EXTENSION_ERROR = _load()
-BACKEND = backend.configure(EXTENSION_LOADED, EXTENSION_ERROR)  # {device type: what runs the ops}
+BACKEND, BACKEND_ERROR = _configure()  # {device type: what runs the ops}, why none can
 FORCE_REFERENCE = backend.reference_forced()
 HAS_EXTENSION = EXTENSION_LOADED and not FORCE_REFERENCE
 
 
+def check_backend() -> None:
+    """Raise BackendError (one line, naming the switch and the fix) when DMM_KERNELS_BACKEND
+    cannot be honoured; the command line calls it before it spends any work."""
+    if BACKEND_ERROR is not None:
+        raise backend.BackendError(BACKEND_ERROR)
+
+
 def uses_ops(device: torch.device) -> bool:
     """Whether tensors on `device` run through torch.ops.dmm (else the reference functions)."""
+    check_backend()
     return HAS_EXTENSION and BACKEND.get(device.type) != "reference"

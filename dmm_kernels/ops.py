@@ -67,7 +67,7 @@ def _selective_scan_backward(ctx, dout, _dlast_state):
 # modal_mix
 # ---------------------------------------------------------------------------------------------
 def modal_mix(u, weight, bias=None, kind="conv", n_modalities=3, phase=0):
-    """Causal multi-modal token mixer (DESIGN.md section 3). u: (batch, L, D).
+    """Causal multi-modal token mixer (docs/ARCHITECTURE.md, "The modal mixer"). u: (batch, L, D).
 
     Token i has modality (phase + i) % n_modalities and mixes the window u[i-W+1 .. i]
     (zeros before the start). kind "conv": weight (M, W, D), bias (M, D), depthwise;

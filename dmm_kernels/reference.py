@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of every dmm op: the source of truth for all tests.
 
 Written for clarity, not speed: explicit loops over time, fp32 (or fp64 for fp64 inputs)
-math, results cast back to the input dtype. Shapes follow mamba-ssm and DESIGN.md section 3.
+math, results cast back to the input dtype. Shapes follow mamba-ssm and docs/ARCHITECTURE.md, "The MetaMamba block".
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def _last_inputs(x, window):
 
 def block_composite(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5,
                     mix=modal_mix_ref, scan=selective_scan_ref):
-    """The block of DESIGN.md section 3 composed from a mixer op and a scan op (by default the
+    """The block (docs/ARCHITECTURE.md, "The MetaMamba block") composed from a mixer op and a scan op (by default the
     reference's own; dmm_kernels.metamamba_prefill passes the compiled ones).
 
     h: (batch, L, D). Returns (out (batch, L, D), cache): the cache after the sequence, in
@@ -194,7 +194,7 @@ def block_composite(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
 
 
 def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
-    """One MetaMamba block (DESIGN.md section 3). h: (batch, L, D) -> (batch, L, D)."""
+    """One MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block"). h: (batch, L, D) -> (batch, L, D)."""
     return block_composite(h, params, mixer, n_modalities, residual_ssm, eps)[0]
 
 

@@ -3,6 +3,7 @@ its errors. Each case imports dmm_kernels in a fresh interpreter with its own en
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -42,19 +43,53 @@ def test_reference_forced(switch):
     assert [s.strip() for s in out.stdout.split("|")] == ["reference", "reference", "False"]
 
 
-def test_unknown_backend_is_an_error():
-    out = run(SHOW, DMM_KERNELS_BACKEND="cudnn")
-    assert out.returncode != 0
-    assert "DMM_KERNELS_BACKEND must be one of cuda, triton, reference; got 'cudnn'" in out.stderr
+# An op call after the import: where a switch that cannot be honoured surfaces.
+CALL_OP = ("\ntry:\n    dmm_kernels.modal_mix(torch.randn(1, 6, 4), torch.randn(3, 2, 4))\n"
+           "except dmm_kernels.BackendError as e:\n    print('BackendError:', e)\n")
+
+
+def test_unknown_backend_fails_the_ops_not_the_import():
+    out = run(SHOW + "\nimport torch" + CALL_OP, DMM_KERNELS_BACKEND="cudnn")
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    shown, error = out.stdout.splitlines()
+    assert [s.strip() for s in shown.split("|")] == ["none", "none", str(dmm_kernels.EXTENSION_LOADED)]
+    assert error == ("BackendError: DMM_KERNELS_BACKEND='cudnn' is not a backend: expected one of "
+                     "cuda, triton, reference; unset it for the automatic choice")
 
 
 @needs_extension
-def test_forced_cuda_without_cuda_kernels_is_an_error():
+def test_forced_cuda_without_cuda_kernels_fails_the_ops_not_the_import():
     """A build without a toolkit has no CUDA kernels: forcing them names the way out."""
-    code = NO_CUDA_KERNELS + SHOW
-    out = run(code, DMM_KERNELS_BACKEND="cuda")
-    assert out.returncode != 0
-    assert "DMM_KERNELS_BACKEND=cuda: this build of dmm_kernels has no CUDA kernels" in out.stderr
+    out = run(NO_CUDA_KERNELS + SHOW + CALL_OP, DMM_KERNELS_BACKEND="cuda")
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    error = out.stdout.splitlines()[1]
+    assert error.startswith("BackendError: DMM_KERNELS_BACKEND=cuda: this build of dmm_kernels "
+                            "has no CUDA kernels")
+    assert "unset it to use the Triton kernels" in error
+
+
+IMPORT_ALL = ("import warnings\nwith warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n    import dmm, dmm.cli, dmm_kernels\n"
+              "for w in caught:\n    print(f'{w.category.__name__}: {w.message} ({w.filename})')\n")
+
+
+@pytest.mark.parametrize("name,code,switches", [
+    ("default", "", {}),
+    ("reference", "", {"DMM_KERNELS_BACKEND": "reference"}),
+    ("triton (interpreter)", "", {"DMM_KERNELS_BACKEND": "triton", "TRITON_INTERPRET": "1"}),
+    ("triton for CUDA tensors", NO_CUDA_KERNELS + "torch.cuda.is_available = lambda: True\n", {}),
+    ("unknown switch", "", {"DMM_KERNELS_BACKEND": "bogus"}),
+])
+def test_import_prints_no_warning(name, code, switches):
+    """Not from dmm, nor from torch on dmm's behalf (e.g. "Overriding a previously registered
+    kernel" when the Triton kernels replace the CPU kernels under the interpreter)."""
+    if name != "reference" and not dmm_kernels.EXTENSION_LOADED:
+        pytest.skip("compiled ops not built (the import says so, in a warning)")
+    if name.startswith("triton"):
+        pytest.importorskip("triton")
+    out = run(code + IMPORT_ALL, **switches)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == "", out.stdout + out.stderr
 
 
 @needs_extension
@@ -80,3 +115,28 @@ def test_triton_interpreter_runs_cpu_tensors():
     lines = out.stdout.splitlines()
     assert [s.strip() for s in lines[0].split("|")] == ["triton (interpreter)", "triton", "True"]
     assert lines[1] == "torch.Size([1, 6, 4])"
+
+
+def test_triton_registration_silences_only_torchs_override_warning(monkeypatch):
+    """torch <= 2.13 warns when a kernel replaces another of the same key (the Triton kernels
+    replacing the CPU kernels under the interpreter); any other warning still shows."""
+    pytest.importorskip("triton")
+    from dmm_kernels import backend
+    from dmm_kernels.triton import ops as triton_ops
+
+    override = ("Warning only once for all operators,  other operators may also be overridden.\n"
+                "  Overriding a previously registered kernel for the same operator and the same "
+                "dispatch key\n  operator: dmm::selective_scan_fwd(...)")  # torch 2.13's text
+    registered = []
+
+    def register(lib, key):
+        registered.append(key)
+        warnings.warn(override, UserWarning)
+        warnings.warn(f"something else about {key}", UserWarning)
+
+    monkeypatch.setattr(triton_ops, "register", register)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.register_triton(["CUDA", "CPU"])
+    assert registered == ["CUDA", "CPU"]
+    assert [str(w.message) for w in caught] == ["something else about CUDA", "something else about CPU"]

@@ -254,3 +254,82 @@ def test_step_cuda_graph_equals_eager(mixer):
     for k, v in cache.items():
         if v is not None:
             torch.testing.assert_close(v, eager_cache[k], rtol=0, atol=0)
+
+
+# ---- half precision against the same-precision composite -----------------------------------------
+# The unfused composite (csrc/block/composite.cpp, the ops' CompositeExplicitAutograd kernel) runs
+# the same block in the activation dtype with ATen GEMMs and the scan / mixer ops: the fused kernels
+# round the same intermediates, so the two differ only where a float32 difference flips a rounding
+# of a stored intermediate, which the layers after it carry on (and the step's state over tokens).
+# Error measure: max |fused - composite| / max |composite|. Measured on the emulated kernels, worst
+# over the four mixers, random and cancelling parameters: block bf16 5.8e-3, fp16 7.0e-4; step
+# (six tokens, outputs and caches) bf16 1.1e-2, fp16 1.9e-3. Tolerances: about twice that. A half-
+# type accumulator of the scan's y is what the cancelling parameters are for: with them the partial
+# sums are K times the total, so its rounding errors grow K-fold (ctest fault.half_accumulation:
+# the step kernel with such an accumulator, 0.18 / 0.027 of the output in bf16 / fp16).
+BLOCK_HALF_TOLERANCE = {torch.bfloat16: 1.2e-2, torch.float16: 1.5e-3}
+STEP_HALF_TOLERANCE = {torch.bfloat16: 2.5e-2, torch.float16: 4e-3}
+
+
+def composite(op, *args):
+    """The op's composite kernel on the same arguments (the fused path's same-precision twin)."""
+    return op.default._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args)
+
+
+def max_error(out, expected):
+    assert torch.isfinite(out).all(), "non-finite output"
+    return ((out.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+def cancelling(p, K=8.0):
+    """Parameters under which the terms s_n C_n of the scan's y cancel in pairs, exactly, whatever
+    the roundings before the scan: A equal over n, the C rows of x_proj equal (one C for every n),
+    and the B rows scaled by K with B_2k+1 = -B_2k, so that from a zero state (or one with
+    s_2k+1 = -s_2k) s_2k+1 = -s_2k: partial sums of size K |s C| and a total of zero."""
+    p = dict(p)
+    N, R = p["A_log"].shape[1], p["dt_proj_weight"].shape[1]
+    A = p["A_log"].clone()
+    A[:] = A[:, :1]
+    w = p["x_proj_weight"].double().clone()  # (R + 2N, E) = [dt | B | C] rows
+    w[R:R + N:2] *= K
+    w[R + 1:R + N:2] = -w[R:R + N:2]
+    w[R + N:] = w[R + N]
+    p["A_log"], p["x_proj_weight"] = A, w.to(p["x_proj_weight"].dtype)
+    return p
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("cancel", [False, True])
+def test_half_block_matches_composite(mixer, dtype, cancel):
+    p = make_params(64, mixer, dtype, seed=31)
+    p = cancelling(p) if cancel else p
+    h = randn(3, 24, 64, dtype=dtype, seed=32)
+    args = (h, *param_args(p), mixer, 3, False, 1e-5)
+    out = block_op(h, p, mixer)
+    assert out.dtype == dtype
+    assert max_error(out, composite(torch.ops.dmm.metamamba_block_fwd, *args)) <= BLOCK_HALF_TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("cancel", [False, True])
+def test_half_step_matches_composite(mixer, dtype, cancel):
+    """Six tokens through the fused step and the composite step, from a state with s_2k+1 = -s_2k
+    (so that under cancelling parameters the pairs keep cancelling)."""
+    p = make_params(64, mixer, dtype, seed=33)
+    p = cancelling(p) if cancel else p
+    h = randn(3, 6, 64, dtype=dtype, seed=34)
+    fused = ref.allocate_step_cache_ref(3, p, mixer, dtype, DEVICE)
+    state = randn(3, fused["ssm_state"].shape[1], fused["ssm_state"].shape[2] // 2, dtype=torch.float32, seed=35)
+    fused["ssm_state"].copy_(4 * torch.stack([state, -state], -1).flatten(-2))
+    comp = {k: None if v is None else v.clone() for k, v in fused.items()}
+    for t in range(6):
+        out = step_op(h[:, t], fused, p, mixer, position=t)
+        expected = composite(torch.ops.dmm.metamamba_step, h[:, t], comp["mixer1_cache"],
+                             comp["mixer2_cache"], comp["ssm_state"], *param_args(p), mixer, 3,
+                             False, 1e-5, t)
+        assert max_error(out, expected) <= STEP_HALF_TOLERANCE[dtype], t
+    for k, v in fused.items():
+        if v is not None:
+            assert max_error(v, comp[k]) <= STEP_HALF_TOLERANCE[dtype], k

@@ -12,6 +12,7 @@ h5py = pytest.importorskip("h5py")
 pytest.importorskip("mujoco", reason="needs gymnasium[mujoco]")
 
 from dmm.data.d4rl import load_hdf5  # noqa: E402
+from dmm.data.install import install_shipped, sha256  # noqa: E402
 from dmm.data.scores import REFERENCE_RETURNS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_make_tiny_hopper_resumes_and_loads_through_both_loaders(tmp_path, one_t
     # Packing and installing give the same data back.
     manifest = g.pack("Hopper-v5", out, list(res))
     assert {m["episodes"] for m in manifest.values()} == {m["behaviour"]["episodes"] for m in res.values()}
-    g.install_shipped(out, d4rl_dir=tmp_path / "d4rl2", minari_dir=tmp_path / "minari2")
+    install_shipped(out, d4rl_dir=tmp_path / "d4rl2", minari_dir=tmp_path / "minari2")
     ds = load_minari_from(tmp_path / "minari2", g.minari_id("Hopper-v5", "medium"))
     assert_same_data(ds, load_hdf5(tmp_path / "d4rl2" / g.hdf5_name("Hopper-v5", "medium")))
 
@@ -125,11 +126,12 @@ def test_cli_datasets_without_subcommand_still_lists(capsys, monkeypatch, tmp_pa
     assert "embedded datasets" in capsys.readouterr().out
 
 
-def test_make_rejects_unknown_env():
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1", "Hopper-v4"])
+def test_make_rejects_unsupported_envs(env):
     from dmm.data import generate as g
 
-    with pytest.raises(ValueError, match="Hopper-v5"):
-        g.task_of("CartPole-v1")
+    with pytest.raises(ValueError, match="choose one of Hopper-v5, HalfCheetah-v5, Walker2d-v5"):
+        g.task_of(env)
 
 
 # ---- the shipped Hopper datasets ---------------------------------------------------------------
@@ -144,12 +146,10 @@ def test_shipped_hopper_dataset_loads_through_both_loaders(name, tmp_path):
     manifest = shipped()
     if name not in manifest:
         pytest.skip("datasets/hopper/MANIFEST.json lists no dataset")
-    from dmm.data.generate import _sha256
-
     m = manifest[name]
     h5_path, tgz = SHIPPED / m["hdf5"], SHIPPED / m["minari_tarball"]
-    assert _sha256(h5_path) == m["hdf5_sha256"]
-    assert _sha256(tgz) == m["minari_sha256"]
+    assert sha256(h5_path) == m["hdf5_sha256"]
+    assert sha256(tgz) == m["minari_sha256"]
     h5 = load_hdf5(h5_path)
     with tarfile.open(tgz, "r:xz") as tar:
         tar.extractall(tmp_path, filter="data")

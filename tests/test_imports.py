@@ -10,10 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dmm", "dmm_kernels")
-# Imports allowed inside a function: optional dependencies whose absence must not break import.
-OPTIONAL = {("dmm.data.minari", "minari"),
-            # Triton is optional too (a CPU torch has none): its kernels load only when chosen.
-            ("dmm_kernels.backend", "dmm_kernels.triton.ops"),
+# Imports allowed inside a function: optional dependencies whose absence must not break import
+# (minari is imported through dmm.optional.import_optional, which says what to install).
+OPTIONAL = {("dmm_kernels.backend", "dmm_kernels.triton.ops"),  # Triton: only when chosen
             # `dmm datasets make` alone needs the "datasets" extra (stable-baselines3, minari[create]).
             ("dmm.data.generate", "stable_baselines3"),
             ("dmm.data.generate", "stable_baselines3.common.callbacks"),

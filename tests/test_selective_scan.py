@@ -187,6 +187,75 @@ def test_low_precision_backward(device, dtype):
         assert err <= 2e-2 * scale, (k, err.item(), scale.item())
 
 
+# ---- half precision against the same-precision reference ------------------------------------------
+# selective_scan_ref on the same half-precision inputs computes in float32 and rounds the output to
+# the input dtype: what a kernel that loads halves, accumulates in float32 and stores halves returns.
+# The two round the same float32 values, up to float32 differences that can flip one rounding: at
+# most one ulp of an element. Tolerance: one ulp of the largest output, max |out - ref| / max |ref|
+# <= finfo(dtype).eps (7.8e-3 bf16, 9.8e-4 fp16). Measured, CPU kernels / emulated CUDA kernels:
+#   random inputs     bf16 0 / 0            fp16 1.0e-5 / 2.6e-6
+#   cancelling sums   bf16 2.4e-5 / 7.7e-4  fp16 4.7e-5 / 4.7e-5
+# y = sum_n s_n C_n accumulated in the half type instead (scan_accumulating_in): random bf16 0.011,
+# fp16 6.6e-4 (under fp16's 9.8e-4: random inputs cannot see it); cancelling bf16 0.082, fp16 0.012.
+def half_error(out, ref_out):
+    return ((out.float() - ref_out.float()).abs().max() / ref_out.float().abs().max()).item()
+
+
+def cancelling_inputs(dtype, device, seed, K=64.0):
+    """Scan inputs whose terms s_n C_n of y cancel in pairs: A and B equal over each pair (2k, 2k+1),
+    so s_2k = s_2k+1, and C_2k = K, C_2k+1 = -K + c_k with small c_k (all exact in bf16 / fp16):
+    the partial sums reach K |s| while y = sum_k c_k s_k is of size |s|."""
+    x = make_inputs(batch=2, E=9, L=70, N=16, G=None, dtype=dtype, device=device, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    A = -(torch.rand(9, 8, generator=g, dtype=torch.float64) + 0.1)
+    x["A"] = A.repeat_interleave(2, dim=1).to(device, x["A"].dtype)  # (E, N), pairs equal
+    x["B"] = x["B"][:, 0::2].repeat_interleave(2, dim=1).contiguous()  # (batch, N, L)
+    c = torch.randint(-2, 3, (2, 8, 70), generator=g).double() * 0.25  # c_k in {0, +-1/4, +-1/2}
+    C = torch.full((2, 16, 70), K, dtype=torch.float64)
+    C[:, 1::2] = -K + c
+    x["C"] = C.to(device, dtype)
+    return x
+
+
+def scan_accumulating_in(x, dtype):
+    """The scan of selective_scan_ref (softplus, D, z, bias) with y = sum_n s_n C_n rounded to
+    `dtype` after every term: a kernel with a half-precision accumulator."""
+    u, delta, A, B, C, D, z, bias = (x[k].cpu().float() for k in ARG_NAMES)
+    dt = torch.nn.functional.softplus(delta + bias[:, None])  # (batch, E, L)
+    s = torch.zeros(u.shape[0], u.shape[1], A.shape[1])       # (batch, E, N)
+    out = torch.empty_like(u)
+    for t in range(u.shape[2]):
+        s = torch.exp(dt[..., t, None] * A) * s + dt[..., t, None] * B[:, None, :, t] * u[..., t, None]
+        y = torch.zeros(u.shape[:2]).to(dtype)
+        for n in range(A.shape[1]):
+            y = (y.float() + s[..., n] * C[:, None, n, t]).to(dtype)
+        out[..., t] = (y.float() + D * u[..., t]) * z[..., t] * torch.sigmoid(z[..., t])
+    return out.to(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cancelling", [False, True])
+def test_half_precision_matches_same_precision_reference(device, dtype, cancelling):
+    if cancelling:
+        x = cancelling_inputs(dtype, device, seed=11)
+    else:
+        x = make_inputs(batch=2, E=9, L=70, N=16, G=None, dtype=dtype, device=device, seed=11)
+    out = run_op(x, True)[0]
+    ref_out = selective_scan_ref(**x, delta_softplus=True)
+    assert out.dtype == ref_out.dtype == dtype
+    assert half_error(out, ref_out) <= torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_accumulator_fails_on_cancelling_sums(dtype):
+    """The check above can fail: a half-precision accumulator of y is off by several times the
+    tolerance on the cancelling inputs."""
+    x = cancelling_inputs(dtype, "cpu", seed=11)
+    ref_out = selective_scan_ref(**x, delta_softplus=True)
+    assert half_error(scan_accumulating_in(x, dtype), ref_out) > 5 * torch.finfo(dtype).eps
+
+
 def _corrupt(x, name, value):
     x = dict(x)
     x[name] = value

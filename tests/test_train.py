@@ -200,3 +200,41 @@ def test_dataset_without_environment_fails_before_training(hdf5_file, tmp_path):
     with pytest.raises(ValueError, match="--eval-episodes 0"):
         train(cfg, progress=False, log=lambda s: None)
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_learning_curve_shows_the_dataset_average_with_a_legend_and_a_title():
+    from dmm.plots import learning_curve_figure
+
+    rows = [{"step": "2", "loss": "0.5"}, {"step": "4", "loss": "0.3"},
+            {"step": "4", "eval_score": "40.0", "eval_score_std": "5.0"},
+            {"step": "8", "eval_score": "60.0", "eval_score_std": "10.0"}]
+    fig = learning_curve_figure(rows, "toy · DMM (conv mixer) · seed 3", dataset_score=24.5)
+    assert fig._suptitle.get_text() == "toy · DMM (conv mixer) · seed 3"
+    ax_eval = fig.axes[1]
+    legend = [t.get_text() for t in ax_eval.get_legend().get_texts()]
+    assert legend == ["model (mean over episodes)", "± std over episodes", "dataset average (24.5)"]
+    average = [line for line in ax_eval.get_lines() if line.get_label().startswith("dataset")][0]
+    assert list(average.get_ydata()) == [24.5, 24.5]
+    band = ax_eval.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == 35.0 and band.max() == 70.0  # mean ± std
+    # Before the first evaluation the average is there already, and labelled.
+    early = learning_curve_figure(rows[:2], None, dataset_score=24.5).axes[1]
+    assert [t.get_text() for t in early.get_legend().get_texts()] == ["dataset average (24.5)"]
+
+
+def test_training_draws_its_curve_with_dataset_model_and_seed(hdf5_file, tmp_path, monkeypatch):
+    import dmm.train
+
+    drawn = []
+    real = dmm.train.plot_learning_curve
+    monkeypatch.setattr(dmm.train, "plot_learning_curve",
+                        lambda *args: drawn.append(args) or real(*args))
+    out = tmp_path / "run"
+    cfg = tiny_config("embedded:pendulum-expert", out, steps=4,
+                      **{"data.reward_scale": 100.0, "train.seed": 3, "eval.episodes": 1,
+                         "train.eval_every": 2})
+    train(cfg, progress=False, log=lambda s: None)
+    assert len(drawn) == 2 and (out / "learning_curve.png").stat().st_size > 10_000
+    csv_path, png, title, dataset_score = drawn[-1]
+    assert title == "pendulum-expert · DMM (conv mixer) · seed 3"
+    assert dataset_score == pytest.approx(100.0, abs=2.0)  # expert data scores about 100

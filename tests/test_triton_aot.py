@@ -1,7 +1,8 @@
 """Every Triton kernel compiled ahead of time for sm_80 and sm_90 on the CPU (no GPU needed):
 the real compiler rejects what the interpreter lets through (unsupported ops, dtype mixes,
-constexpr misuse). The host wrappers run on CPU tensors with kernel launches intercepted; each
-launch's argument types and constexprs are compiled with triton.compile for both targets."""
+constexpr misuse). The host wrappers run on CPU tensors with kernel launches intercepted
+(dmm_kernels.triton.aot); each launch is compiled as the JIT would specialise it, for both
+targets, and the scan's autotuning configurations are checked for register spills."""
 import os
 
 import pytest
@@ -12,53 +13,19 @@ if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
     pytest.skip("ahead-of-time compilation needs the compiler, not the interpreter",
                 allow_module_level=True)
 
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
-
 from dmm_kernels import reference  # noqa: E402
-from dmm_kernels.triton import block, mix, scan  # noqa: E402
-
-TARGETS = [GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32)]
-DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
+from dmm_kernels.triton import aot, block, mix, scan  # noqa: E402
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Record (kernel, bound arguments) instead of launching."""
-    calls = []
-
-    def record(self, *args, grid, warmup, **kwargs):
-        calls.append((self, dict(zip(self.arg_names, args)) | kwargs))
-
-    monkeypatch.setattr(JITFunction, "run", record)
-    return calls
-
-
-def _signature(kernel, bound):
-    signature, constexprs = {}, {}
-    for param in kernel.params:
-        value = bound[param.name]
-        if param.is_constexpr:
-            signature[param.name], constexprs[param.name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[param.name] = "*" + DTYPES[value.dtype]
-        elif isinstance(value, bool):
-            signature[param.name] = "i1"
-        elif isinstance(value, int):
-            signature[param.name] = "i32" if abs(value) < 2**31 else "i64"
-        else:
-            signature[param.name] = "fp32"
-    return signature, constexprs
-
-
-def _compile_all(calls):
-    assert calls, "no kernel was launched"
-    for kernel, bound in calls:
-        signature, constexprs = _signature(kernel, bound)
-        for target in TARGETS:
-            compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=target)
-            assert compiled.asm.get("cubin"), (kernel.__name__, target)
+def _compile_all(launches, check_spills=False):
+    assert launches, "no kernel was launched"
+    for launch in launches:
+        for arch, target in aot.TARGETS.items():
+            compiled = aot.compile_launch(launch, target)
+            assert compiled.asm.get("cubin"), (launch.name, arch)
+            if check_spills:
+                res = aot.resources(compiled)
+                assert res["n_spills"] == 0 and res["local"] == 0, (launch.name, launch.config, arch, res)
 
 
 def _scan_inputs(dtype, grouped):
@@ -70,28 +37,35 @@ def _scan_inputs(dtype, grouped):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_scan_kernels_compile(launches, dtype):
+def test_scan_kernels_compile(dtype):
+    """float32 at N = 16: every autotuning configuration, none spilling; the other dtypes: the
+    configuration these shapes select."""
     args = _scan_inputs(dtype, grouped=dtype == torch.float32)
-    scan.scan_fwd(*args, True)
-    scan.scan_bwd(torch.randn_like(args[0]), *args, True)
-    _compile_all(launches)
+    with aot.recorded_launches(all_configs=dtype == torch.float32) as launches:
+        scan.scan_fwd(*args, True)
+        scan.scan_bwd(torch.randn_like(args[0]), *args, True)
+    if dtype == torch.float32:
+        assert len(launches) == len(scan.FWD_CONFIGS) + len(scan.BWD_CONFIGS)
+    _compile_all(launches, check_spills=dtype == torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_mixer_kernels_compile(launches, dtype):
+def test_mixer_kernels_compile(dtype):
     u, w, b = torch.randn(2, 7, 40, dtype=dtype), torch.randn(3, 6, 40, dtype=dtype), torch.randn(3, 40, dtype=dtype)
-    mix.conv_fwd(u, w, b, 3, 1)
-    mix.conv_bwd(torch.randn_like(u), u, w, b, 3, 1)
+    with aot.recorded_launches(all_configs=False) as launches:
+        mix.conv_fwd(u, w, b, 3, 1)
+        mix.conv_bwd(torch.randn_like(u), u, w, b, 3, 1)
     _compile_all(launches)
 
 
 @pytest.mark.parametrize("mixer", ["conv", "double-line"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_block_kernels_compile(launches, mixer, dtype):
+def test_block_kernels_compile(mixer, dtype):
     p = reference.make_block_params(48, mixer, dtype=dtype)
     h = torch.randn(2, 7, 48, dtype=dtype)
-    block.block_fwd(h, p, mixer, 3, False, 1e-5)
     cache = reference.allocate_step_cache_ref(2, p, mixer, dtype)
-    block.step(h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], p,
-               mixer, 3, False, 1e-5, 0)
+    with aot.recorded_launches(all_configs=False) as launches:
+        block.block_fwd(h, p, mixer, 3, False, 1e-5)
+        block.step(h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
+                   p, mixer, 3, False, 1e-5, 0)
     _compile_all(launches)

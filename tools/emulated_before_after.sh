@@ -21,8 +21,8 @@ def revert(path, old, new):
     assert old in s, f"{path}: fix not found: {old[:60]}"
     p.write_text(s.replace(old, new))
 # 1. modal_mix "line" with D instead of D_out (csrc/cuda/modal_mix.cu before 88d0999)
-revert("cuda/modal_mix.cu", "at::empty({s.d.batch, s.d.len, s.d.dim_out}, cols.options())",
-       "at::empty({s.d.batch, s.d.len, s.d.dim}, cols.options())")
+revert("cuda/modal_mix.cu", "empty_output({s.d.batch, s.d.len, s.d.dim_out}, cols.options())",
+       "empty_output({s.d.batch, s.d.len, s.d.dim}, cols.options())")
 revert("cuda/modal_mix.cu", "const int64_t D_out = s.d.dim_out, WD", "const int64_t D_out = s.d.dim, WD")
 revert("cuda/modal_mix.cu", '{s.d.batch, s.d.len, s.d.dim_out}, "(batch, L, D_out)"', 'u.sizes(), "(batch, L, D)"')
 # 2. E == 0 and N == R == 0 in the fused plan (csrc/cuda/block.cu before 88d0999)
@@ -38,7 +38,9 @@ revert("cuda/selective_scan.cu", "const bool det = at::globalContext().determini
 revert("cuda/modal_mix.cu", "s.p.split_partials = at::globalContext().deterministicAlgorithms() && splits > 1;",
        "s.p.split_partials = false;")
 # 4. in_ptr of an absent optional read the dtype of an undefined tensor (found by the emulator)
-revert("cuda/common.cuh", "  if (!t.defined()) return InPtr{};\n", "")
+revert("cuda/common.cuh",
+       "  if (!t.defined() || t.numel() == 0) return InPtr{};\n",
+       "  const DType dt = dtype_tag(t.scalar_type());\n  if (t.numel() == 0) return InPtr{};\n  (void)dt;\n")
 PYEOF
 cmake -S "$SCRATCH" -B "$SCRATCH/build" -DPython3_EXECUTABLE="$PY" -DDMM_BUILD_CUDA=OFF > "$SCRATCH/configure.log"
 nice cmake --build "$SCRATCH/build" -j2 --target dmm_emulated > "$SCRATCH/build.log"

@@ -1,4 +1,4 @@
-// The whole MetaMamba block (DESIGN.md section 3) as a device-generic composition of ATen ops
+// The whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") as a device-generic composition of ATen ops
 // and the dmm ops (selective_scan_*, modal_mix_*), which are called through the dispatcher so
 // they land on the kernels of the tensors' device. csrc/block/register.cpp registers these
 // functions for every device without kernels of its own; csrc/cuda/block.cu calls them for what

@@ -1,4 +1,4 @@
-// CUDA registration of the whole-block ops (DESIGN.md sections 3-4).
+// CUDA registration of the whole-block ops (docs/ARCHITECTURE.md, "The MetaMamba block" and "Ops").
 //
 // metamamba_block_fwd, fused path (6 launches for "conv" / "double-conv"):
 //   1 preproj_conv_kernel  LN_1 + mixer_1 + residual + LN_2            -> h1, v   (B, L, D)
@@ -39,9 +39,6 @@
 #include "checks.h"
 #include "cuda/common.cuh"
 #include "cuda/scan_launch.h"
-#ifdef DMM_CUDA_EMULATION
-namespace dmm { namespace cuda { namespace block { DMM_EMU_DYNAMIC_SHARED(smem_raw); } } }
-#endif
 #include "cuda/block_bwd_kernels.cuh"
 #include "cuda/block_kernels.cuh"
 #include "cuda/step_kernels.cuh"
@@ -159,8 +156,8 @@ void launch_ln_rows(const Tensor& x, const Tensor& add, const Tensor& w, const T
   const int rows_per_cta = kLnThreads / 32;
   DMM_LAUNCH(elementwise_blocks(rows, rows_per_cta), kLnThreads, 0, current_stream(),
              ln_rows_kernel<acc_t>)(
-      in_ptr(x), add.defined() ? in_ptr(add) : InPtr{}, in_ptr(w), in_ptr(bias),
-      sum_out.defined() ? out_ptr(sum_out) : OutPtr{}, out_ptr(y), rows, D,
+      in_ptr(x, "x"), in_ptr(add, "add"), in_ptr(w, "norm_weight"), in_ptr(bias, "norm_bias"),
+      sum_out.defined() ? out_ptr(sum_out, "sum") : OutPtr{}, out_ptr(y, "y"), rows, D,
       static_cast<acc_t>(eps));
   DMM_KERNEL_LAUNCH_CHECK();
 }
@@ -178,19 +175,21 @@ BlockFwdResult fused_fwd(const Tensor& h, const BlockParams& p, const MixerSpec&
   BlockSaved s;
 
   // 1. h1 = h + mixer_1(LN_1(h)),  v = LN_2(h1).
-  s.h1 = at::empty_like(h);  // (B, L, D)
-  s.v = at::empty_like(h);   // (B, L, D)
+  s.h1 = empty_output_like(h);  // (B, L, D)
+  s.v = empty_output_like(h);   // (B, L, D)
   if (!line) {
     const int tl = plan.tokens_per_cta;
     const size_t smem = sizeof(acc_t) * size_t(2 * tl + d.W1 - 1) * size_t(Dm);
     const dim3 grid(unsigned(ceil_div(L, tl)), unsigned(B));
     DMM_LAUNCH(grid, kPreprojThreads, smem, stream, preproj_conv_kernel<acc_t>)(
-        in_ptr(h), in_ptr(p.norm1_weight), in_ptr(p.norm1_bias), in_ptr(p.mixer1_weight),
-        in_ptr(p.mixer1_bias), in_ptr(p.norm2_weight), in_ptr(p.norm2_bias), out_ptr(s.h1),
-        out_ptr(s.v), int(L), Dm, int(d.W1), M, tl, static_cast<acc_t>(eps));
+        in_ptr(h, "h"), in_ptr(p.norm1_weight, "norm1_weight"), in_ptr(p.norm1_bias, "norm1_bias"),
+        in_ptr(p.mixer1_weight, "mixer1_weight"), in_ptr(p.mixer1_bias, "mixer1_bias"),
+        in_ptr(p.norm2_weight, "norm2_weight"), in_ptr(p.norm2_bias, "norm2_bias"),
+        out_ptr(s.h1, "h1"), out_ptr(s.v, "v"), int(L), Dm, int(d.W1), M, tl,
+        static_cast<acc_t>(eps));
     DMM_KERNEL_LAUNCH_CHECK();
   } else {
-    Tensor u = at::empty_like(h);  // (B, L, D)
+    Tensor u = empty_output_like(h);  // (B, L, D)
     launch_ln_rows<acc_t>(h, Tensor(), p.norm1_weight, p.norm1_bias, Tensor(), u, eps);
     const Tensor mixed = mix_fwd_op()
                              .call(u, as(p.mixer1_weight, cdt), as(p.mixer1_bias, cdt), "line",
@@ -201,8 +200,8 @@ BlockFwdResult fused_fwd(const Tensor& h, const BlockParams& p, const MixerSpec&
 
   // 2-3. xz = v @ W_in^T; xs = SiLU([mixer_2](x)).
   s.xz = at::linear(s.v, as(p.in_proj_weight, cdt)).contiguous();  // (B, L, 2E)
-  s.xs = at::empty({B, L, E}, h.options());                         // (B, L, E)
-  s.xm = spec.is_double ? at::empty({B, L, E}, h.options()) : h.new_empty({0});
+  s.xs = empty_output({B, L, E}, h.options());                      // (B, L, E)
+  s.xm = spec.is_double ? empty_output({B, L, E}, h.options()) : h.new_empty({0});
   const int64_t n_rows = B * L;
   const unsigned elt_blocks = elementwise_blocks(n_rows * E, kEltThreads);
   if (spec.is_double && line) {
@@ -211,19 +210,21 @@ BlockFwdResult fused_fwd(const Tensor& h, const BlockParams& p, const MixerSpec&
                      as(p.mixer2_bias, cdt), "line", M, 0)
                .contiguous();  // (B, L, E)
     DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
-        in_ptr(s.xm), E, InPtr{}, InPtr{}, OutPtr{}, out_ptr(s.xs), n_rows, int(L), E, 0, M);
+        in_ptr(s.xm, "x"), E, InPtr{}, InPtr{}, OutPtr{}, out_ptr(s.xs, "xs"), n_rows, int(L), E, 0,
+        M);
   } else {
     DMM_LAUNCH(elt_blocks, kEltThreads, 0, stream, silu_mix2_kernel<acc_t>)(
-        in_ptr(s.xz), 2 * int64_t(E), spec.is_double ? in_ptr(p.mixer2_weight) : InPtr{},
-        spec.is_double ? in_ptr(p.mixer2_bias) : InPtr{},
-        spec.is_double ? out_ptr(s.xm) : OutPtr{}, out_ptr(s.xs), n_rows, int(L), E,
+        in_ptr(s.xz, "xz"), 2 * int64_t(E),
+        spec.is_double ? in_ptr(p.mixer2_weight, "mixer2_weight") : InPtr{},
+        spec.is_double ? in_ptr(p.mixer2_bias, "mixer2_bias") : InPtr{},
+        spec.is_double ? out_ptr(s.xm, "xm") : OutPtr{}, out_ptr(s.xs, "xs"), n_rows, int(L), E,
         int(d.W2), M);
   }
   DMM_KERNEL_LAUNCH_CHECK();
 
   // 4-5. x_dbl = xs @ W_x^T; the fused scan.
   s.x_dbl = at::linear(s.xs, as(p.x_proj_weight, cdt)).contiguous();  // (B, L, R + 2N)
-  s.y = at::empty({B, L, E}, h.options());                             // (B, L, E)
+  s.y = empty_output({B, L, E}, h.options());                          // (B, L, E)
   BlockScanFwdArgs scan;
   scan.xs = s.xs;
   scan.x_dbl = s.x_dbl;
@@ -285,37 +286,41 @@ Tensor preproj_bwd_conv(const Tensor& dv, const Tensor& g, const Tensor& h, cons
   const auto stream = current_stream();
   const PreprojPartials cols(D, W, M);
   const int64_t tiles = ceil_div(L, tl);
-  Tensor dh = at::empty_like(h);                                                   // (B, L, D)
-  Tensor partial = at::empty({B * tiles, cols.cols}, h.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  Tensor dh = empty_output_like(h);  // (B, L, D)
+  Tensor partial = empty_output({B * tiles, cols.cols},
+                                h.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   const size_t smem = sizeof(acc_t) * size_t(PreprojBwdSmem(D, W, tl).total);
   DMM_LAUNCH((dim3(unsigned(tiles), unsigned(B))), kPreprojBwdThreads, smem, stream,
              preproj_bwd_conv_kernel<acc_t>)(
-      in_ptr(h), in_ptr(s.h1), in_ptr(dv), cfg.residual() ? in_ptr(g) : InPtr{},
-      in_ptr(p.norm1_weight), in_ptr(p.norm1_bias), in_ptr(p.mixer1_weight),
-      in_ptr(p.norm2_weight), in_ptr(p.norm2_bias), out_ptr(dh),
-      partial.mutable_data_ptr<acc_t>(), int(L), D, W, M, tl, static_cast<acc_t>(cfg.eps));
+      in_ptr(h, "h"), in_ptr(s.h1, "h1"), in_ptr(dv, "dv"), cfg.residual() ? in_ptr(g, "dout") : InPtr{},
+      in_ptr(p.norm1_weight, "norm1_weight"), in_ptr(p.norm1_bias, "norm1_bias"),
+      in_ptr(p.mixer1_weight, "mixer1_weight"), in_ptr(p.norm2_weight, "norm2_weight"),
+      in_ptr(p.norm2_bias, "norm2_bias"), out_ptr(dh, "dh"), out_gptr<acc_t>(partial, "partial"),
+      int(L), D, W, M, tl, static_cast<acc_t>(cfg.eps));
   DMM_KERNEL_LAUNCH_CHECK();
 
   // The partials' column blocks, in PreprojPartials order, into the gradients (compute dtype).
   const auto opts = h.options();
-  grads.norm1_weight = at::empty({D}, opts);
-  grads.norm1_bias = at::empty({D}, opts);
-  grads.norm2_weight = at::empty({D}, opts);
-  grads.norm2_bias = at::empty({D}, opts);
-  grads.mixer1_weight = at::empty({M, W, D}, opts);
-  grads.mixer1_bias = present(p.mixer1_bias) ? OptTensor(at::empty({M, D}, opts)) : std::nullopt;
+  grads.norm1_weight = empty_output({D}, opts);
+  grads.norm1_bias = empty_output({D}, opts);
+  grads.norm2_weight = empty_output({D}, opts);
+  grads.norm2_bias = empty_output({D}, opts);
+  grads.mixer1_weight = empty_output({M, W, D}, opts);
+  grads.mixer1_bias = present(p.mixer1_bias) ? OptTensor(empty_output({M, D}, opts)) : std::nullopt;
   ReduceOuts outs;
   const int64_t begins[] = {cols.dn1w, cols.dn1b, cols.dn2w, cols.dn2b, cols.dm1w, cols.dm1b,
                             cols.cols};
   const Tensor* targets[] = {&grads.norm1_weight, &grads.norm1_bias, &grads.norm2_weight,
                              &grads.norm2_bias, &grads.mixer1_weight};
   outs.n = 6;
-  for (int k = 0; k < 5; ++k) outs.p[k] = out_ptr(*targets[k]);
-  outs.p[5] = present(grads.mixer1_bias) ? out_ptr(*grads.mixer1_bias) : OutPtr{};
+  const char* names[] = {"dnorm1_weight", "dnorm1_bias", "dnorm2_weight", "dnorm2_bias",
+                         "dmixer1_weight"};
+  for (int k = 0; k < 5; ++k) outs.p[k] = out_ptr(*targets[k], names[k]);
+  outs.p[5] = present(grads.mixer1_bias) ? out_ptr(*grads.mixer1_bias, "dmixer1_bias") : OutPtr{};
   for (int k = 0; k <= 6; ++k) outs.begin[k] = begins[k];
   DMM_LAUNCH(elementwise_blocks(cols.cols, kEltThreads), kEltThreads, 0, stream,
-             reduce_rows_kernel<acc_t>)(partial.const_data_ptr<acc_t>(), B * tiles, cols.cols,
-                                        outs);
+             reduce_rows_kernel<acc_t>)(in_gptr<acc_t>(partial, "partial"), B * tiles,
+                                        cols.cols, outs);
   DMM_KERNEL_LAUNCH_CHECK();
   return dh;
 }
@@ -343,7 +348,7 @@ Tensor bwd_out_scan(const Tensor& g, const BlockParams& p, const BlockSaved& s,
   a.A_log = p.A_log;
   a.D = p.D;
   a.dy = dy;
-  a.dxs = at::empty({B, L, E}, g.options());  // (B, L, E)
+  a.dxs = empty_output({B, L, E}, g.options());  // (B, L, E)
   a.dz = dz;                                  // (B, L, E), any strides
   // the scan's sums, zeroed (separate tensors: the gradients returned must not alias)
   a.dx_dbl = at::zeros({B, L, P}, acc);  // [d dt_low | dB | dC]
@@ -387,8 +392,9 @@ std::vector<Tensor> block_bwd(const Tensor& dout, const Tensor& h_in, const Bloc
 
   // dz goes straight into in_proj's gradient dxz = [dx | dz] (B, L, 2E), except for double mixers,
   // whose mixer_2 backward allocates dx (concatenated as in the composite).
-  Tensor dxz = at::empty({B, L, 2 * E}, h.options());
-  const Tensor dz = cfg.mixer.is_double ? at::empty({B, L, E}, h.options()) : dxz.narrow(-1, E, E);
+  Tensor dxz = empty_output({B, L, 2 * E}, h.options());
+  const Tensor dz =
+      cfg.mixer.is_double ? empty_output({B, L, E}, h.options()) : dxz.narrow(-1, E, E);
   const Tensor dxs = bwd_out_scan(g, p, s, d, dz, grads);  // (B, L, E)
   if (cfg.mixer.is_double) {
     dxz = comp::bwd_silu_mix2(dxs, dz, p, s, d, cfg.mixer, grads);
@@ -396,8 +402,9 @@ std::vector<Tensor> block_bwd(const Tensor& dout, const Tensor& h_in, const Bloc
     const auto run = [&](auto acc_tag) {
       using acc_t = decltype(acc_tag);
       DMM_LAUNCH(elementwise_blocks(B * L * E, kEltThreads), kEltThreads, 0, current_stream(),
-                 silu_bwd_kernel<acc_t>)(in_ptr(dxs), in_ptr(s.xz), 2 * E, InPtr{}, 0, 0, 0,
-                                         out_ptr(dxz), B * L, int(L), int(E));
+                 silu_bwd_kernel<acc_t>)(in_ptr(dxs, "dxs"), in_ptr(s.xz, "xz"), 2 * E, InPtr{}, 0,
+                                         0, 0, out_ptr(dxz, "dxz", Writes::kSome), B * L, int(L),
+                                         int(E));
       DMM_KERNEL_LAUNCH_CHECK();
     };
     if (cdt == at::kDouble) run(double{}); else run(float{});
@@ -446,16 +453,19 @@ StepPlan step_plan(const Tensor& h_t, const StepCache& cache, const MixerSpec& s
 }
 
 // One stage over `rows` weight rows (or channels), `per_cta` to a CTA, for every batch row b.
-#define DMM_STEP_STAGE(rows, per_cta, smem, ...)                                            \
+#define DMM_STEP_STAGE_WITH(args, rows, per_cta, smem, ...)                                 \
   do {                                                                                      \
     allow_smem(__VA_ARGS__, smem);                                                          \
     DMM_LAUNCH((dim3(unsigned(ceil_div(rows, per_cta)), unsigned(B))), kStepThreads, smem,  \
-               stream, __VA_ARGS__)(a);                                                     \
+               stream, __VA_ARGS__)(args);                                                  \
     DMM_KERNEL_LAUNCH_CHECK();                                                              \
   } while (0)
 
+#define DMM_STEP_STAGE(rows, per_cta, smem, ...) DMM_STEP_STAGE_WITH(a, rows, per_cta, smem, __VA_ARGS__)
+
+// `out_all`: a.out for the last stage, which writes all of it (a.out: written by no earlier stage).
 template <typename acc_t>
-void launch_step(const StepArgs& a, const StepPlan& plan, int64_t B) {
+void launch_step(const StepArgs& a, const OutPtr& out_all, const StepPlan& plan, int64_t B) {
   const auto stream = current_stream();
   const int P = a.R + 2 * a.N, channels = kStepThreads / plan.scan_group;
   if (a.line) DMM_STEP_STAGE(a.D, kStepRows, plan.smem_mix1, step_mix1_kernel<acc_t>);
@@ -468,9 +478,12 @@ void launch_step(const StepArgs& a, const StepPlan& plan, int64_t B) {
     case 16: DMM_STEP_STAGE(a.E, channels, plan.smem_scan, step_scan_kernel<acc_t, 16>); break;
     default: DMM_STEP_STAGE(a.E, channels, plan.smem_scan, step_scan_kernel<acc_t, 32>);
   }
-  DMM_STEP_STAGE(a.D, kStepRows, plan.smem_out, step_out_kernel<acc_t>);
+  StepArgs last = a;
+  last.out = out_all;
+  DMM_STEP_STAGE_WITH(last, a.D, kStepRows, plan.smem_out, step_out_kernel<acc_t>);
 }
 #undef DMM_STEP_STAGE
+#undef DMM_STEP_STAGE_WITH
 
 Tensor step(const Tensor& h_t, const StepCache& cache, const BlockParams& params, const Tensor& A,
             const BlockConfig& cfg, int64_t position) {
@@ -489,28 +502,28 @@ Tensor step(const Tensor& h_t, const StepCache& cache, const BlockParams& params
   const Tensor hc = h_t.contiguous(), Ac = A.contiguous();
   const StepWs lay(int(d.D), int(d.E), int(d.R + 2 * d.N));
   // One allocation: the output (B, D) first, the stages' workspace (B, lay.row) after it.
-  const Tensor buffer = at::empty({B * (d.D + lay.row)}, h_t.options());
+  const Tensor buffer = empty_output({B * (d.D + lay.row)}, h_t.options());
   const Tensor out = buffer.narrow(0, 0, B * d.D).view({B, d.D});
 
   StepArgs a;
-  a.h = in_ptr(hc);
-  a.out = out_ptr(out);
-  a.ws = static_cast<char*>(buffer.data_ptr()) + B * d.D * buffer.element_size();
+  a.h = in_ptr(hc, "h_t");
+  a.out = out_ptr(out, "out", Writes::kSome);
+  a.ws = out_ptr(buffer.narrow(0, B * d.D, B * lay.row), "workspace", Writes::kSome);
   a.lay = lay;
-  a.cache1 = cache.mixer1.numel() > 0 ? cache.mixer1.data_ptr() : nullptr;
-  a.cache1_dt = dtype_tag(cache.mixer1.scalar_type());
-  a.cache2 = spec.is_double && cache.mixer2->numel() > 0 ? cache.mixer2->data_ptr() : nullptr;
-  a.cache2_dt = dtype_tag(spec.is_double ? cache.mixer2->scalar_type() : cdt);
-  a.state = cache.ssm_state.data_ptr();
-  a.state_dt = dtype_tag(cache.ssm_state.scalar_type());
-  a.n1w = in_ptr(p.norm1_weight); a.n1b = in_ptr(p.norm1_bias);
-  a.m1w = in_ptr(p.mixer1_weight); a.m1b = in_ptr(p.mixer1_bias);
-  a.n2w = in_ptr(p.norm2_weight); a.n2b = in_ptr(p.norm2_bias);
-  a.w_in = in_ptr(p.in_proj_weight);
-  a.m2w = in_ptr(p.mixer2_weight); a.m2b = in_ptr(p.mixer2_bias);
-  a.w_x = in_ptr(p.x_proj_weight); a.w_dt = in_ptr(p.dt_proj_weight);
-  a.dt_bias = in_ptr(p.dt_proj_bias); a.A = in_ptr(Ac); a.Dskip = in_ptr(p.D);
-  a.w_out = in_ptr(p.out_proj_weight);
+  // the caches and the state: updated in place
+  a.cache1 = out_ptr(cache.mixer1, "mixer1_cache", Writes::kSome);
+  a.cache2 = spec.is_double ? out_ptr(*cache.mixer2, "mixer2_cache", Writes::kSome) : OutPtr{};
+  a.state = out_ptr(cache.ssm_state, "ssm_state", Writes::kSome);
+  a.n1w = in_ptr(p.norm1_weight, "norm1_weight"); a.n1b = in_ptr(p.norm1_bias, "norm1_bias");
+  a.m1w = in_ptr(p.mixer1_weight, "mixer1_weight"); a.m1b = in_ptr(p.mixer1_bias, "mixer1_bias");
+  a.n2w = in_ptr(p.norm2_weight, "norm2_weight"); a.n2b = in_ptr(p.norm2_bias, "norm2_bias");
+  a.w_in = in_ptr(p.in_proj_weight, "in_proj_weight");
+  a.m2w = in_ptr(p.mixer2_weight, "mixer2_weight"); a.m2b = in_ptr(p.mixer2_bias, "mixer2_bias");
+  a.w_x = in_ptr(p.x_proj_weight, "x_proj_weight");
+  a.w_dt = in_ptr(p.dt_proj_weight, "dt_proj_weight");
+  a.dt_bias = in_ptr(p.dt_proj_bias, "dt_proj_bias"); a.A = in_ptr(Ac, "A");
+  a.Dskip = in_ptr(p.D, "D");
+  a.w_out = in_ptr(p.out_proj_weight, "out_proj_weight");
   a.D = int(d.D); a.E = int(d.E); a.N = int(d.N); a.R = int(d.R);
   a.W1 = int(d.W1); a.W2 = spec.is_double ? int(d.W2) : 0;
   a.m = int(position % cfg.n_modalities);
@@ -518,8 +531,9 @@ Tensor step(const Tensor& h_t, const StepCache& cache, const BlockParams& params
   a.is_double = spec.is_double;
   a.residual = cfg.residual();
   a.eps = cfg.eps;
-  if (cdt == at::kDouble) launch_step<double>(a, plan, B);
-  else launch_step<float>(a, plan, B);
+  const OutPtr out_all = out_ptr(out, "out");
+  if (cdt == at::kDouble) launch_step<double>(a, out_all, plan, B);
+  else launch_step<float>(a, out_all, plan, B);
   return out;
 }
 

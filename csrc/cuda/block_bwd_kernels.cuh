@@ -79,12 +79,11 @@ struct PreprojBwdSmem {
 // ================================================================================================
 template <typename acc_t>
 __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, InPtr n1w, InPtr n1b,
-                                        InPtr m1w, InPtr n2w, InPtr n2b, OutPtr dh, acc_t* partial,
+                                        InPtr m1w, InPtr n2w, InPtr n2b, OutPtr dh, gptr<acc_t> partial,
                                         int L, int D, int W, int M, int TL, acc_t eps) {
-  extern __shared__ unsigned char smem_raw[];
   const PreprojBwdSmem lay(D, W, TL);
-  acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t *u = sm + lay.u, *dh1 = sm + lay.dh1, *du = sm + lay.du, *stats = sm + lay.stats;
+  const sptr<acc_t> sm = dynamic_smem<acc_t>();
+  const sptr<acc_t> u = sm + lay.u, dh1 = sm + lay.dh1, du = sm + lay.du, stats = sm + lay.stats;
   const DType act = dh.dt;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   const int b = blockIdx.y, t0 = blockIdx.x * TL;
@@ -92,14 +91,14 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
   const int n_ahead = min(TL + W - 1, L - t0);     // dh1 rows: the tile and W - 1 after it
   const int n_u = n_own + W - 1;                   // u rows: W - 1 before the tile and the tile
   const PreprojPartials cols(D, W, M);
-  acc_t* part = partial + (int64_t(b) * gridDim.x + blockIdx.x) * cols.cols;
+  const gptr<acc_t> part = partial + (int64_t(b) * gridDim.x + blockIdx.x) * cols.cols;
   auto row_of = [&](int t) { return (int64_t(b) * L + t) * D; };
 
   // 1. Row statistics, one warp per row: LN_2 backward's (of the dh1 rows) and LN_1's (u rows).
   for (int i = warp; i < n_ahead + n_u; i += n_warps) {
     const bool ln2 = i < n_ahead;
     const int t = ln2 ? t0 + i : t0 - (W - 1) + (i - n_ahead);
-    acc_t* st = stats + 8 * int64_t(i);  // LN_2: mean, rstd, a, c at 2..5; LN_1: mean, rstd at 0, 1
+    const sptr<acc_t> st = stats + 8 * int64_t(i);  // LN_2: mean, rstd, a, c at 2..5; LN_1: mean, rstd at 0, 1
     if (t < 0) continue;  // u rows before token 0: the mixer's zero padding (step 2)
     const InPtr x = ln2 ? h1 : h;
     acc_t s = 0;
@@ -134,7 +133,7 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
     acc_t dg2 = 0, db2 = 0;
     for (int i = 0; i < n_ahead; ++i) {
       const int t = t0 + i;
-      const acc_t* st = stats + 8 * int64_t(i);
+      const sptr<const acc_t> st = stats + 8 * int64_t(i);
       const acc_t xhat = (load<acc_t>(h1, row_of(t) + d) - st[2]) * st[3];
       const acc_t dy = load<acc_t>(dv, row_of(t) + d);
       acc_t v = round_as(act, st[3] * (dy * w2 - st[4] - xhat * st[5]));
@@ -150,7 +149,7 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
     const acc_t w1 = load_w<acc_t>(n1w, d, act), b1 = load_w<acc_t>(n1b, d, act);
     for (int i = 0; i < n_u; ++i) {
       const int t = t0 - (W - 1) + i;
-      const acc_t* st = stats + 8 * int64_t(n_ahead + i);
+      const sptr<const acc_t> st = stats + 8 * int64_t(n_ahead + i);
       u[int64_t(i) * D + d] =
           t < 0 ? acc_t(0)
                 : round_as(act, (load<acc_t>(h, row_of(t) + d) - st[0]) * st[1] * w1 + b1);
@@ -176,7 +175,7 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
       }
       const acc_t dus = round_as(act, acc);
       du[int64_t(j) * D + d] = dus;
-      const acc_t* st = stats + 8 * int64_t(n_ahead + W - 1 + j);
+      const sptr<const acc_t> st = stats + 8 * int64_t(n_ahead + W - 1 + j);
       const acc_t xhat = (load<acc_t>(h, row_of(s) + d) - st[0]) * st[1];
       dg1 += dus * xhat;
       db1 += dus;
@@ -194,7 +193,7 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
   // 4. LN_1 backward's row means, one warp per own row; then dh per column.
   for (int j = warp; j < n_own; j += n_warps) {
     const int s = t0 + j;
-    acc_t* st = stats + 8 * int64_t(n_ahead + W - 1 + j);
+    const sptr<acc_t> st = stats + 8 * int64_t(n_ahead + W - 1 + j);
     acc_t a = 0, c = 0;
     for (int d = lane; d < D; d += 32) {
       const acc_t dy = du[int64_t(j) * D + d] * load_w<acc_t>(n1w, d, act);
@@ -210,7 +209,7 @@ __global__ void preproj_bwd_conv_kernel(InPtr h, InPtr h1, InPtr dv, InPtr g, In
     const acc_t w1 = load_w<acc_t>(n1w, d, act);
     for (int j = 0; j < n_own; ++j) {
       const int s = t0 + j;
-      const acc_t* st = stats + 8 * int64_t(n_ahead + W - 1 + j);
+      const sptr<const acc_t> st = stats + 8 * int64_t(n_ahead + W - 1 + j);
       const acc_t xhat = (load<acc_t>(h, row_of(s) + d) - st[0]) * st[1];
       const acc_t dx = round_as(act, st[1] * (du[int64_t(j) * D + d] * w1 - st[6] - xhat * st[7]));
       store(dh, row_of(s) + d, round_as(act, dx + dh1[int64_t(j) * D + d]));
@@ -230,7 +229,7 @@ struct ReduceOuts {
 };
 
 template <typename acc_t>
-__global__ void reduce_rows_kernel(const acc_t* part, int64_t rows, int64_t cols, ReduceOuts outs) {
+__global__ void reduce_rows_kernel(gptr<const acc_t> part, int64_t rows, int64_t cols, ReduceOuts outs) {
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
        c += int64_t(gridDim.x) * blockDim.x) {
     acc_t s = 0;

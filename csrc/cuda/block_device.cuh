@@ -37,7 +37,7 @@ __device__ __forceinline__ acc_t silu_(acc_t x) {
 // Sum over the whole CTA; every thread gets the total. `red` holds >= 32 acc_t. Deterministic
 // (fixed order). Starts with a barrier so that back-to-back calls may reuse `red`.
 template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
+__device__ __forceinline__ acc_t block_sum(acc_t v, sptr<acc_t> red) {
   v = group_sum(v, 32);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   __syncthreads();
@@ -53,7 +53,8 @@ __device__ __forceinline__ acc_t block_sum(acc_t v, acc_t* red) {
 // runs on lane 0.
 template <typename acc_t, typename Emit>
 __device__ __forceinline__ void warp_matvec(const InPtr& w, int64_t w_off, int row_begin,
-                                            int row_end, int cols, const acc_t* x, DType act,
+                                            int row_end, int cols,
+                                            std::type_identity_t<sptr<const acc_t>> x, DType act,
                                             Emit emit) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   for (int r = row_begin + warp; r < row_end; r += n_warps) {
@@ -67,9 +68,10 @@ __device__ __forceinline__ void warp_matvec(const InPtr& w, int64_t w_off, int r
 
 // LayerNorm of a D-vector in shared memory, whole CTA; writes round(LN(x)) to y (may alias x).
 template <typename acc_t>
-__device__ __forceinline__ void block_layernorm(const acc_t* x, acc_t* y, int D, const InPtr& w,
+__device__ __forceinline__ void block_layernorm(std::type_identity_t<sptr<const acc_t>> x,
+                                                sptr<acc_t> y, int D, const InPtr& w,
                                                 const InPtr& bias, acc_t eps, DType act,
-                                                acc_t* red) {
+                                                sptr<acc_t> red) {
   acc_t s = 0;
   for (int d = threadIdx.x; d < D; d += blockDim.x) s += x[d];
   const acc_t mean = block_sum(s, red) / D;

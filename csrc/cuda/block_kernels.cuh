@@ -1,5 +1,5 @@
-// Fused kernels of the MetaMamba block (DESIGN.md section 3) for the offline-RL shapes
-// (L = 24..60 tokens, D = 64..256), launched by csrc/cuda/block.cu:
+// Fused kernels of the MetaMamba block (docs/ARCHITECTURE.md, "What the fused kernels compute") for
+// the offline-RL shapes (L = 24..60 tokens, D = 64..256), launched by csrc/cuda/block.cu:
 //   preproj_conv_kernel  LN_1 + conv mixer_1 + residual + LN_2        -> h1, v
 //   ln_rows_kernel       LN of (x [+ add]) per row (the "line" path around the cuBLAS mixer)
 //   silu_mix2_kernel     [conv mixer_2 +] SiLU on the x half of in_proj
@@ -33,9 +33,8 @@ template <typename acc_t>
 __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, InPtr m1b,
                                     InPtr n2w, InPtr n2b, OutPtr h1_out, OutPtr v_out, int L,
                                     int D, int W, int M, int TL, acc_t eps) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* u = reinterpret_cast<acc_t*>(smem_raw);  // (TL + W - 1, D)
-  acc_t* hs = u + int64_t(TL + W - 1) * D;        // (TL, D)
+  const sptr<acc_t> u = dynamic_smem<acc_t>();          // (TL + W - 1, D)
+  const sptr<acc_t> hs = u + int64_t(TL + W - 1) * D;  // (TL, D)
   const DType act = h1_out.dt;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
   const int b = blockIdx.y, t0 = blockIdx.x * TL;
@@ -46,7 +45,7 @@ __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, In
   // touches only columns d = lane + 32 j of its warp's row, so no barrier is needed inside a row.
   for (int i = warp; i < n_rows; i += n_warps) {
     const int t = r0 + i;
-    acc_t* row = u + int64_t(i) * D;
+    const sptr<acc_t> row = u + int64_t(i) * D;
     if (t < 0 || t >= L) {
       for (int d = lane; d < D; d += 32) row[d] = acc_t(0);
       continue;
@@ -73,7 +72,7 @@ __global__ void preproj_conv_kernel(InPtr h, InPtr n1w, InPtr n1b, InPtr m1w, In
     if (t >= L) break;  // rows are visited in increasing j: the rest are past the end too
     const int m = t % M;
     const int64_t base = (int64_t(b) * L + t) * D;
-    acc_t* hrow = hs + int64_t(j) * D;
+    const sptr<acc_t> hrow = hs + int64_t(j) * D;
     acc_t s = 0;
     for (int d = lane; d < D; d += 32) {
       acc_t mix = m1b.p != nullptr ? load_w<acc_t>(m1b, int64_t(m) * D + d, act) : acc_t(0);

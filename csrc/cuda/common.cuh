@@ -18,7 +18,9 @@
 
 #include <algorithm>
 #include <initializer_list>
+#include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "cuda/device.cuh"
 #include "emu/launch.h"
@@ -70,7 +72,7 @@ inline int current_device() { return int(c10::cuda::current_device()); }
 inline const cudaDeviceProp& device_properties() { return *at::cuda::getCurrentDeviceProperties(); }
 #endif
 
-// ---- dtype tags and typed pointers ------------------------------------------------------------------
+// ---- dtype tags and device buffers of tensors ----------------------------------------------------
 inline DType dtype_tag(at::ScalarType t) {
   switch (t) {
     case at::kFloat: return DType::kFloat;
@@ -82,20 +84,80 @@ inline DType dtype_tag(at::ScalarType t) {
   return DType::kFloat;  // unreachable
 }
 
+// The kernels' checked pointers (device.cuh) to a contiguous tensor's data. `name` (a string
+// literal) is how the emulator's reports call the buffer. An undefined tensor (an absent optional
+// made contiguous_or_empty) or an empty one gives a null pointer: an absent input.
+//   in_*   read-only input;
+//   out_*  an output that the launch it is passed to writes in full (the emulator checks it);
+//   rw_*   read and written, or accumulated into (no full-write check).
+inline InPtr in_ptr(const at::Tensor& t, const char* name) {
+  if (!t.defined() || t.numel() == 0) return InPtr{};
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(), name, " must be contiguous");
+  return make_in_ptr(t.const_data_ptr(), dtype_tag(t.scalar_type()), t.numel(), name);
+}
+inline InPtr in_ptr(const std::optional<at::Tensor>& t, const char* name) {
+  return t.has_value() ? in_ptr(*t, name) : InPtr{};
+}
+inline OutPtr out_ptr(const at::Tensor& t, const char* name, Writes w = Writes::kAll) {
+  if (t.numel() == 0) return OutPtr{};
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(), name, " must be contiguous");
+  return make_out_ptr(t.data_ptr(), dtype_tag(t.scalar_type()), t.numel(), name, w);
+}
 
-// An undefined tensor (an absent optional made contiguous_or_empty) is an absent input: its
-// scalar_type() is UNKNOWN_SCALAR, so no dtype tag is read from it.
-inline InPtr in_ptr(const at::Tensor& t) {
-  if (!t.defined()) return InPtr{};
-  return {t.numel() > 0 ? t.data_ptr() : nullptr, dtype_tag(t.scalar_type())};
+template <typename T>
+struct scalar_type_of;
+template <>
+struct scalar_type_of<float> : std::integral_constant<at::ScalarType, at::kFloat> {};
+template <>
+struct scalar_type_of<double> : std::integral_constant<at::ScalarType, at::kDouble> {};
+template <>
+struct scalar_type_of<__half> : std::integral_constant<at::ScalarType, at::kHalf> {};
+template <>
+struct scalar_type_of<__nv_bfloat16> : std::integral_constant<at::ScalarType, at::kBFloat16> {};
+template <>
+struct scalar_type_of<int32_t> : std::integral_constant<at::ScalarType, at::kInt> {};
+template <>
+struct scalar_type_of<int64_t> : std::integral_constant<at::ScalarType, at::kLong> {};
+
+// T = void: type-erased (the extent in bytes; the kernel casts with ptr_cast<T>).
+template <typename T>
+gptr<T> tensor_gptr(const at::Tensor& t, const char* name, Writes w) {
+  using E = std::remove_const_t<T>;
+  if (!t.defined() || t.numel() == 0) return make_gptr<T>(nullptr, 0, name);
+  TORCH_INTERNAL_ASSERT(t.is_contiguous(), name, " must be contiguous");
+  if constexpr (std::is_void_v<E>) {
+    return make_gptr<T>(static_cast<T*>(t.data_ptr()), int64_t(t.nbytes()), name, w);
+  } else {
+    TORCH_INTERNAL_ASSERT(t.scalar_type() == scalar_type_of<E>::value, name, " is ", t.scalar_type());
+    return make_gptr<T>(static_cast<T*>(t.data_ptr()), t.numel(), name, w);
+  }
 }
-inline InPtr in_ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? in_ptr(*t) : InPtr{};
+template <typename T>
+gptr<const T> in_gptr(const at::Tensor& t, const char* name) {
+  return tensor_gptr<const T>(t, name, Writes::kSome);
 }
-inline OutPtr out_ptr(const at::Tensor& t) {
-  return {t.numel() > 0 ? t.data_ptr() : nullptr, dtype_tag(t.scalar_type())};
+template <typename T>
+gptr<T> out_gptr(const at::Tensor& t, const char* name) {
+  return tensor_gptr<T>(t, name, Writes::kAll);
+}
+template <typename T>
+gptr<T> rw_gptr(const at::Tensor& t, const char* name) {
+  return tensor_gptr<T>(t, name, Writes::kSome);
 }
 
+// A tensor for kernels to write: NaN-filled in emulated builds (-1 bytes for integers), so that an
+// element no kernel writes shows in the results, as uninitialised GPU memory can.
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#ifdef DMM_CUDA_EMULATION
+  if (at::isFloatingType(t.scalar_type())) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  else t.fill_(-1);
+#endif
+  return t;
+}
+inline at::Tensor empty_output_like(const at::Tensor& t) {
+  return empty_output(t.sizes(), t.options().memory_format(at::MemoryFormat::Contiguous));
+}
 
 // ---- host-side checks (shapes and dtypes: ../checks.h, shared with the CPU kernels) ---------------
 // `t` must live on the CUDA device of `ref` (checks.h only compares devices).

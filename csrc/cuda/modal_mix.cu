@@ -47,9 +47,9 @@ MixSetup mix_setup(const at::Tensor& u, const at::Tensor& weight,
   s.weight = weight.contiguous();
   s.bias = contiguous_or_empty(bias);
   s.acc = acc_type_for({u, weight, bias});
-  s.p.u = in_ptr(s.u);
-  s.p.weight = in_ptr(s.weight);
-  s.p.bias = in_ptr(s.bias);
+  s.p.u = in_ptr(s.u, "u");
+  s.p.weight = in_ptr(s.weight, "weight");
+  s.p.bias = in_ptr(s.bias, "bias");
   s.p.batch = int(s.d.batch);
   s.p.len = int(s.d.len);
   s.p.dim = int(s.d.dim);
@@ -61,11 +61,11 @@ MixSetup mix_setup(const at::Tensor& u, const at::Tensor& weight,
 
 template <typename acc_t>
 at::Tensor im2col(const MixSetup& s) {
-  at::Tensor cols = at::empty({s.d.batch, s.d.len, s.d.width * s.d.dim},
-                              s.u.options().dtype(s.acc));  // (batch, L, W*D)
+  at::Tensor cols = empty_output({s.d.batch, s.d.len, s.d.width * s.d.dim},
+                                 s.u.options().dtype(s.acc));  // (batch, L, W*D)
   const int64_t n = cols.numel();
   DMM_LAUNCH(elementwise_blocks(n, kMixThreads), kMixThreads, 0, current_stream(),
-             im2col_kernel<acc_t>)(s.p, cols.data_ptr<acc_t>());
+             im2col_kernel<acc_t>)(s.p, out_gptr<acc_t>(cols, "cols"));
   DMM_KERNEL_LAUNCH_CHECK();
   return cols;
 }
@@ -81,7 +81,7 @@ at::Tensor line_fwd(const MixSetup& s) {
   const at::Tensor cols = im2col<acc_t>(s);                          // (batch, L, W*D)
   const at::Tensor w = s.weight.to(s.acc);                           // (M, D, W*D)
   const at::Tensor bias = s.bias.defined() ? s.bias.to(s.acc) : at::Tensor();
-  at::Tensor y = at::empty({s.d.batch, s.d.len, s.d.dim_out}, cols.options());  // (batch, L, D_out)
+  at::Tensor y = empty_output({s.d.batch, s.d.len, s.d.dim_out}, cols.options());  // (batch, L, D_out)
   for (int m = 0; m < s.d.n_modalities; ++m) {
     if (first_token_of(m, int(s.d.phase), int(s.d.n_modalities)) >= s.d.len) continue;
     at::Tensor ym = at::matmul(modality_rows(cols, s.d, m), w[m].t());  // (batch, L_m, D_out)
@@ -97,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_bwd(const MixSetup& s, const
   const at::Tensor cols = im2col<acc_t>(s);                          // (batch, L, W*D)
   const at::Tensor w = s.weight.to(s.acc);                           // (M, D_out, W*D)
   const at::Tensor dy_acc = dy.to(s.acc);                            // (batch, L, D_out)
-  at::Tensor dcols = at::empty_like(cols);                           // (batch, L, W*D)
+  at::Tensor dcols = empty_output_like(cols);                        // (batch, L, W*D)
   at::Tensor dweight = at::zeros_like(w);                            // (M, D_out, W*D)
   at::Tensor dbias = at::zeros({s.d.n_modalities, D_out}, cols.options());  // (M, D_out)
   for (int m = 0; m < s.d.n_modalities; ++m) {
@@ -108,11 +108,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> line_bwd(const MixSetup& s, const
     dbias[m].copy_(dym.sum(at::IntArrayRef{0, 1}));
     modality_rows(dcols, s.d, m).copy_(at::matmul(dym, w[m]));       // (batch, L_m, W*D)
   }
-  at::Tensor du = at::empty(s.u.sizes(), s.u.options());             // (batch, L, D)
+  at::Tensor du = empty_output(s.u.sizes(), s.u.options());          // (batch, L, D)
   ModalMixParams p = s.p;
-  p.du = out_ptr(du);
+  p.du = out_ptr(du, "du");
   DMM_LAUNCH(elementwise_blocks(du.numel(), kMixThreads), kMixThreads, 0, current_stream(),
-             col2im_kernel<acc_t>)(p, dcols.data_ptr<acc_t>());
+             col2im_kernel<acc_t>)(p, in_gptr<acc_t>(dcols, "dcols"));
   DMM_KERNEL_LAUNCH_CHECK();
   return {du, dweight, dbias};
 }
@@ -144,8 +144,10 @@ void conv_bwd(const ModalMixParams& p, int64_t n, int64_t splits) {
   TORCH_CHECK(p.n_modalities <= 65535, "modal_mix: n_modalities must be <= 65535 on CUDA");
   const dim3 grid(unsigned(ceil_div(p.dim, kWeightBlockX)), unsigned(p.n_modalities),
                   unsigned(splits));
+  ModalMixParams pw = p;  // the weight kernel does not write du
+  pw.du = OutPtr{};
   DMM_LAUNCH(grid, dim3(kWeightBlockX, kWeightBlockY), 0, stream,
-             modal_conv_bwd_weight_kernel<acc_t>)(p);
+             modal_conv_bwd_weight_kernel<acc_t>)(pw);
   DMM_KERNEL_LAUNCH_CHECK();
 }
 
@@ -157,8 +159,8 @@ at::Tensor modal_mix_fwd_cuda(const at::Tensor& u, const at::Tensor& weight,
   if (s.u.numel() == 0) return at::empty({s.d.batch, s.d.len, s.d.dim_out}, u.options());
   const bool dbl = s.acc == at::kDouble;
   if (s.d.line) return dbl ? line_fwd<double>(s) : line_fwd<float>(s);
-  at::Tensor y = at::empty(s.u.sizes(), u.options());  // (batch, L, D)
-  s.p.y = out_ptr(y);
+  at::Tensor y = empty_output(s.u.sizes(), u.options());  // (batch, L, D)
+  s.p.y = out_ptr(y, "y");
   if (dbl) conv_fwd<double>(s.p, y.numel());
   else conv_fwd<float>(s.p, y.numel());
   return y;
@@ -186,9 +188,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modal_mix_bwd_cuda(
   } else if (s.d.line) {
     std::tie(du, dweight, dbias) = dbl ? line_bwd<double>(s, dy_c) : line_bwd<float>(s, dy_c);
   } else {
-    du = at::empty(s.u.sizes(), u.options());                                    // (batch, L, D)
-    s.p.dy = in_ptr(dy_c);
-    s.p.du = out_ptr(du);
+    du = empty_output(s.u.sizes(), u.options());                                 // (batch, L, D)
+    s.p.dy = in_ptr(dy_c, "dy");
+    s.p.du = out_ptr(du, "du");
     const int64_t splits = conv_bwd_splits(s.p);
     // Under torch.use_deterministic_algorithms(True) every split writes its own partial sums
     // (splits, M, W, D), summed here in a fixed order: bit-identical from run to run. Otherwise
@@ -198,8 +200,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> modal_mix_bwd_cuda(
     const auto acc_opts = s.weight.options().dtype(s.acc);
     at::Tensor dweight_parts = at::zeros({parts, s.d.n_modalities, s.d.width, s.d.dim}, acc_opts);
     at::Tensor dbias_parts = at::zeros({parts, s.d.n_modalities, s.d.dim}, acc_opts);
-    s.p.dweight_acc = dweight_parts.data_ptr();
-    s.p.dbias_acc = s.bias.defined() ? dbias_parts.data_ptr() : nullptr;
+    s.p.dweight_acc = rw_gptr<void>(dweight_parts, "dweight");
+    s.p.dbias_acc = s.bias.defined() ? rw_gptr<void>(dbias_parts, "dbias") : nullptr;
     if (dbl) conv_bwd<double>(s.p, du.numel(), splits);
     else conv_bwd<float>(s.p, du.numel(), splits);
     dweight = parts > 1 ? dweight_parts.sum(0) : dweight_parts[0];               // (M, W, D)

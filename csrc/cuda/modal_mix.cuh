@@ -15,8 +15,8 @@ namespace cuda {
 struct ModalMixParams {
   InPtr u, weight, bias, dy;  // bias.p == nullptr when absent
   OutPtr y, du;
-  void* dweight_acc = nullptr;  // conv backward: (M, W, D) acc_t, zero-initialised
-  void* dbias_acc = nullptr;    // conv backward: (M, D) acc_t, zero-initialised
+  gptr<void> dweight_acc;  // conv backward: (M, W, D) acc_t, zero-initialised
+  gptr<void> dbias_acc;    // conv backward: (M, D) acc_t, zero-initialised; null without bias
   bool split_partials = false;  // conv backward: (splits, M, W, D) / (splits, M, D) partials
   int batch, len, dim, n_modalities, width, phase;
 };
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kMixThreads) modal_conv_bwd_input_kernel(const
 template <typename acc_t>
 __global__ void __launch_bounds__(kWeightBlockX* kWeightBlockY)
     modal_conv_bwd_weight_kernel(const ModalMixParams p) {
-  __shared__ acc_t red[kWeightBlockY][kWeightBlockX];
+  DMM_SHARED_ARRAY(acc_t, red, kWeightBlockY * kWeightBlockX);  // [threadIdx.y][threadIdx.x]
   const int d = blockIdx.x * kWeightBlockX + threadIdx.x;
   const int m = blockIdx.y;
   const int M = p.n_modalities, W = p.width, L = p.len;
@@ -131,23 +131,22 @@ __global__ void __launch_bounds__(kWeightBlockX* kWeightBlockY)
   // Deterministic mode: this split's own slice of (splits, M, W, D) / (splits, M, D) partials,
   // each element added once (onto zero), summed over the splits in a fixed order by the host.
   const int64_t split = p.split_partials ? int64_t(blockIdx.z) : 0;
-  acc_t* dweight = static_cast<acc_t*>(p.dweight_acc) + split * p.n_modalities * W * p.dim;
-  acc_t* dbias = p.dbias_acc != nullptr
-                     ? static_cast<acc_t*>(p.dbias_acc) + split * p.n_modalities * p.dim
-                     : nullptr;
+  const gptr<acc_t> dweight = ptr_cast<acc_t>(p.dweight_acc) + split * p.n_modalities * W * p.dim;
+  const gptr<acc_t> dbias =
+      p.dbias_acc != nullptr ? ptr_cast<acc_t>(p.dbias_acc) + split * p.n_modalities * p.dim : nullptr;
 #pragma unroll
   for (int k = 0; k <= kMaxModalMixWindow; ++k) {
     if (k > W) break;  // uniform across the block: every thread reaches the same barriers
     // k % kMax keeps the (compile-time) register index in range at k == kMax, where W == kMax.
     const acc_t v = k < W ? w[k % kMaxModalMixWindow] : bsum;
-    red[threadIdx.y][threadIdx.x] = v;
+    red[threadIdx.y * kWeightBlockX + threadIdx.x] = v;
     __syncthreads();
     if (threadIdx.y == 0 && d < p.dim) {
       acc_t sum = acc_t(0);
 #pragma unroll
-      for (int y = 0; y < kWeightBlockY; ++y) sum += red[y][threadIdx.x];
-      if (k < W) atomicAdd(&dweight[(int64_t(m) * W + k) * p.dim + d], sum);
-      else if (dbias != nullptr) atomicAdd(&dbias[int64_t(m) * p.dim + d], sum);
+      for (int y = 0; y < kWeightBlockY; ++y) sum += red[y * kWeightBlockX + threadIdx.x];
+      if (k < W) atomicAdd(dweight + (int64_t(m) * W + k) * p.dim + d, sum);
+      else if (dbias != nullptr) atomicAdd(dbias + int64_t(m) * p.dim + d, sum);
     }
     __syncthreads();
   }
@@ -155,7 +154,7 @@ __global__ void __launch_bounds__(kWeightBlockX* kWeightBlockY)
 
 // cols[b, i, k * D + d] = u[b, i - W + 1 + k, d] (zero before token 0). cols: (batch, L, W*D).
 template <typename acc_t>
-__global__ void __launch_bounds__(kMixThreads) im2col_kernel(const ModalMixParams p, acc_t* cols) {
+__global__ void __launch_bounds__(kMixThreads) im2col_kernel(const ModalMixParams p, gptr<acc_t> cols) {
   const int W = p.width;
   const int64_t total = int64_t(p.batch) * p.len * W * p.dim;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -172,7 +171,7 @@ __global__ void __launch_bounds__(kMixThreads) im2col_kernel(const ModalMixParam
 // du[b, j, d] = sum_k dcols[b, j + W - 1 - k, k * D + d] over rows inside the sequence.
 template <typename acc_t>
 __global__ void __launch_bounds__(kMixThreads) col2im_kernel(const ModalMixParams p,
-                                                          const acc_t* dcols) {
+                                                          gptr<const acc_t> dcols) {
   const int W = p.width;
   const int64_t total = int64_t(p.batch) * p.len * p.dim;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;

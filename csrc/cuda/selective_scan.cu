@@ -12,16 +12,15 @@
 #include <torch/library.h>
 
 #include <climits>
+#include <limits>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "common.cuh"
 #include "scan_launch.h"
-#ifdef DMM_CUDA_EMULATION
-namespace dmm { namespace cuda { DMM_EMU_DYNAMIC_SHARED(smem_raw); } }  // the kernels' extern smem
-#endif
 #include "selective_scan.cuh"
 
 namespace dmm {
@@ -40,22 +39,44 @@ at::Tensor readable(const at::Tensor& t) {
 at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dt) {
   return !t.defined() || t.scalar_type() == dt ? t : t.to(dt);
 }
-View3 view3(const at::Tensor& t) {  // (batch, E, L)
-  if (!t.defined()) return {};
-  return {t.numel() > 0 ? t.data_ptr() : nullptr, t.stride(0), t.stride(1), t.stride(2)};
+// The checked pointer of a strided view (V = const void: read-only; void: written or accumulated
+// into): its first element, inside the whole storage it views (what the emulator checks bounds
+// against, so that the deterministic mode's per-block slices past a view stay inside). `name`: a
+// string literal. Never a full-write output: a view may skip elements of its storage.
+template <typename V>
+gptr<V> view_ptr(const at::Tensor& t, const char* name) {
+  using C = std::conditional_t<std::is_const_v<V>, const char, char>;
+  if (!t.defined() || t.numel() == 0) return nullptr;
+  char* base = static_cast<char*>(t.storage().mutable_data());
+  const gptr<C> b = make_gptr<C>(base, int64_t(t.storage().nbytes()), name);
+  return ptr_cast<V>(b + (static_cast<char*>(t.data_ptr()) - base));
 }
-MutView3 mut3(const at::Tensor& t) {
+View3 view3(const at::Tensor& t, const char* name) {  // (batch, E, L)
   if (!t.defined()) return {};
-  return {t.numel() > 0 ? t.data_ptr() : nullptr, t.stride(0), t.stride(1), t.stride(2)};
+  return {view_ptr<const void>(t, name), t.stride(0), t.stride(1), t.stride(2)};
 }
-View4 view4(const at::Tensor& t) {  // (batch, N, L) or (batch, G, N, L)
+MutView3 mut3(const at::Tensor& t, const char* name) {
+  if (!t.defined()) return {};
+  return {view_ptr<void>(t, name), t.stride(0), t.stride(1), t.stride(2)};
+}
+View4 view4(const at::Tensor& t, const char* name) {  // (batch, N, L) or (batch, G, N, L)
   const bool g = t.dim() == 4;
-  return {t.numel() > 0 ? t.data_ptr() : nullptr, t.stride(0), g ? t.stride(1) : 0,
-          t.stride(g ? 2 : 1), t.stride(g ? 3 : 2)};
+  return {view_ptr<const void>(t, name), t.stride(0), g ? t.stride(1) : 0, t.stride(g ? 2 : 1),
+          t.stride(g ? 3 : 2)};
 }
-MutView4 mut4(const at::Tensor& t) {
-  const View4 v = view4(t);
-  return {const_cast<void*>(v.p), v.sb, v.sg, v.sn, v.sl};
+MutView4 mut4(const at::Tensor& t, const char* name) {
+  const bool g = t.dim() == 4;
+  return {view_ptr<void>(t, name), t.stride(0), g ? t.stride(1) : 0, t.stride(g ? 2 : 1),
+          t.stride(g ? 3 : 2)};
+}
+// An output in `like`'s layout for the kernels to write: NaN-filled in emulated builds (as
+// empty_output), so that an element no kernel writes shows in the results.
+at::Tensor empty_output_as(const at::Tensor& like, const at::TensorOptions& options) {
+  at::Tensor t = at::empty_like(like, options);
+#ifdef DMM_CUDA_EMULATION
+  t.fill_(std::numeric_limits<double>::quiet_NaN());
+#endif
+  return t;
 }
 
 // ---- configuration and launch ------------------------------------------------------------------------
@@ -186,15 +207,15 @@ struct BwdSums {
     dbias = at::zeros(e_shape, acc);
     dB = at::zeros(bc, acc);
     dC = at::zeros(bc, acc);
-    chunk_states = chunks > 1 ? at::empty({batch, E, chunks, N}, acc) : at::Tensor();
+    chunk_states = chunks > 1 ? empty_output({batch, E, chunks, N}, acc) : at::Tensor();
     const at::Tensor dB0 = det ? dB[0] : dB, dC0 = det ? dC[0] : dC;
-    p.dA = dA.data_ptr();
-    p.dD = dD.data_ptr();
-    p.ddelta_bias = dbias.data_ptr();
-    p.dB = dB0.numel() > 0 ? mut4(dB0) : MutView4{};
-    p.dC = dC0.numel() > 0 ? mut4(dC0) : MutView4{};
+    p.dA = rw_gptr<void>(dA, "dA");
+    p.dD = rw_gptr<void>(dD, "dD");
+    p.ddelta_bias = rw_gptr<void>(dbias, "ddelta_bias");
+    p.dB = dB0.numel() > 0 ? mut4(dB0, "dB") : MutView4{};
+    p.dC = dC0.numel() > 0 ? mut4(dC0, "dC") : MutView4{};
     p.dBC_part = dB0.numel();
-    p.chunk_states = chunk_states.defined() ? chunk_states.data_ptr() : nullptr;
+    p.chunk_states = rw_gptr<void>(chunk_states, "chunk_states");
     p.deterministic = det;
   }
   void finish() {  // fixed-order sums over the partials' leading dimension
@@ -249,14 +270,14 @@ ScanSetup scan_setup(const at::Tensor& u, const at::Tensor& delta, const at::Ten
 
 ScanParams scan_params(const ScanSetup& s, bool delta_softplus) {
   ScanParams p;
-  p.u = view3(s.u);
-  p.delta = view3(s.delta);
-  p.z = view3(s.z);
-  p.B = view4(s.B);
-  p.C = view4(s.C);
-  p.A = s.A.numel() > 0 ? s.A.data_ptr() : nullptr;
-  p.D = s.D.defined() ? s.D.data_ptr() : nullptr;
-  p.delta_bias = s.delta_bias.defined() ? s.delta_bias.data_ptr() : nullptr;
+  p.u = view3(s.u, "u");
+  p.delta = view3(s.delta, "delta");
+  p.z = view3(s.z, "z");
+  p.B = view4(s.B, "B");
+  p.C = view4(s.C, "C");
+  p.A = in_gptr<void>(s.A, "A");
+  p.D = in_gptr<void>(s.D, "D");
+  p.delta_bias = in_gptr<void>(s.delta_bias, "delta_bias");
   p.batch = int(s.d.batch);
   p.dim = int(s.d.dim);
   p.len = int(s.d.len);
@@ -273,14 +294,14 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd_cuda(
     bool delta_softplus) {
   const ScanSetup s = scan_setup(u, delta, A, B, C, D, z, delta_bias, std::nullopt);
   const DeviceGuard guard(u.device());
-  at::Tensor out = at::empty_like(u, u.options().dtype(s.in));  // (batch, E, L), u's layout
+  at::Tensor out = empty_output_as(u, u.options().dtype(s.in));  // (batch, E, L), u's layout
   // The state is in the accumulation dtype (float32, or float64 for float64 inputs), as on CPU.
   at::Tensor last_state =
-      at::empty({s.d.batch, s.d.dim, s.d.dstate}, u.options().dtype(s.acc));  // (batch, E, N)
+      empty_output({s.d.batch, s.d.dim, s.d.dstate}, u.options().dtype(s.acc));  // (batch, E, N)
   if (s.d.batch > 0 && s.d.dim > 0) {
     ScanParams p = scan_params(s, delta_softplus);
-    p.out = mut3(out);
-    p.last_state = last_state.data_ptr();
+    p.out = mut3(out, "out");
+    p.last_state = out_gptr<void>(last_state, "last_state");
     launch_scan(p, s.in, s.bc, false);
   }
   return {as_dtype(out, u.scalar_type()), last_state};
@@ -297,15 +318,15 @@ selective_scan_bwd_cuda(const at::Tensor& dout, const at::Tensor& u, const at::T
   check_arg("selective_scan", "dout", dout, u, u.sizes(), "(batch, E, L)");
   const auto in_opts = u.options().dtype(s.in);
   // (batch, E, L) each, in the layout of its input (the block's transposed views stay (B, L, E))
-  at::Tensor du = at::empty_like(u, in_opts);
-  at::Tensor ddelta = at::empty_like(delta, in_opts);
-  at::Tensor dz = s.z.defined() ? at::empty_like(*z, in_opts) : at::Tensor();
+  at::Tensor du = empty_output_as(u, in_opts);
+  at::Tensor ddelta = empty_output_as(delta, in_opts);
+  at::Tensor dz = s.z.defined() ? empty_output_as(*z, in_opts) : at::Tensor();
   ScanParams p = scan_params(s, delta_softplus);
   const at::Tensor dout_r = readable(as_dtype(dout, s.in));
-  p.dout = view3(dout_r);
-  p.du = mut3(du);
-  p.ddelta = mut3(ddelta);
-  p.dz = mut3(dz);
+  p.dout = view3(dout_r, "dout");
+  p.du = mut3(du, "du");
+  p.ddelta = mut3(ddelta, "ddelta");
+  p.dz = mut3(dz, "dz");
   const bool det = at::globalContext().deterministicAlgorithms();
   BwdSums sums(p, bwd_config(p, s.in), s.B.sizes(), u.options().dtype(s.acc), det);
   if (s.d.batch > 0 && s.d.dim > 0) launch_scan(p, s.in, s.bc, true);
@@ -341,17 +362,17 @@ struct BlockSetup {
     A_log = as_dtype(a.A_log, acc).contiguous();
     D = as_dtype(a.D, acc).contiguous();
     x_dbl = as_dtype(a.x_dbl, in);
-    p.u = view3(bxl(a.xs));
-    p.z = view3(bxl(a.z));
-    p.dt_low = view3(bxl(x_dbl.narrow(2, 0, R)));
-    p.B = view4(bxl(x_dbl.narrow(2, R, N)));
-    p.C = view4(bxl(x_dbl.narrow(2, R + N, N)));
-    p.w_dt = w_dt.numel() > 0 ? w_dt.data_ptr() : nullptr;
+    p.u = view3(bxl(a.xs), "xs");
+    p.z = view3(bxl(a.z), "z");
+    p.dt_low = view3(bxl(x_dbl.narrow(2, 0, R)), "x_dbl");
+    p.B = view4(bxl(x_dbl.narrow(2, R, N)), "x_dbl");
+    p.C = view4(bxl(x_dbl.narrow(2, R + N, N)), "x_dbl");
+    p.w_dt = in_gptr<void>(w_dt, "dt_proj_weight");
     p.dt_rank = int(R);
     p.a_is_log = true;
-    p.A = A_log.numel() > 0 ? A_log.data_ptr() : nullptr;
-    p.D = D.data_ptr();
-    p.delta_bias = dt_bias.data_ptr();
+    p.A = in_gptr<void>(A_log, "A_log");
+    p.D = in_gptr<void>(D, "D");
+    p.delta_bias = in_gptr<void>(dt_bias, "dt_proj_bias");
     p.delta_softplus = true;
     p.batch = int(Bn);
     p.dim = int(E);
@@ -367,8 +388,8 @@ struct BlockSetup {
 void block_scan_fwd(const BlockScanFwdArgs& a) {
   BlockSetup s(a);
   TORCH_CHECK(s.p.w_dt != nullptr, "block_scan_fwd: dt_proj has rank 0");
-  s.p.out = mut3(bxl(a.y));
-  s.p.last_state = a.last_state.defined() ? a.last_state.data_ptr() : nullptr;
+  s.p.out = mut3(bxl(a.y), "y");
+  s.p.last_state = a.last_state.defined() ? out_gptr<void>(a.last_state, "last_state") : nullptr;
   if (s.p.batch > 0 && s.p.dim > 0) launch_scan(s.p, s.in, s.in, false);
 }
 
@@ -381,10 +402,10 @@ void block_scan_bwd(const BlockScanBwdArgs& a) {
                 "block_scan_bwd: the parameter sums must be contiguous ", s.acc);
   TORCH_CHECK(a.dx_dbl.scalar_type() == s.acc, "block_scan_bwd: dx_dbl must be ", s.acc);
   const at::Tensor dy = as_dtype(a.dy, s.in);
-  s.p.dout = view3(bxl(dy));
-  s.p.du = mut3(bxl(a.dxs));
-  s.p.ddelta = mut3(a.ddt.defined() ? bxl(a.ddt) : at::Tensor());
-  s.p.dz = mut3(bxl(a.dz));
+  s.p.dout = view3(bxl(dy), "dy");
+  s.p.du = mut3(bxl(a.dxs), "dxs");
+  s.p.ddelta = mut3(a.ddt.defined() ? bxl(a.ddt) : at::Tensor(), "ddt");
+  s.p.dz = mut3(bxl(a.dz), "dz");
   const bool det = at::globalContext().deterministicAlgorithms();
   const Config cfg = bwd_config(s.p, s.in);
   const auto acc = a.xs.options().dtype(s.acc);
@@ -397,18 +418,18 @@ void block_scan_bwd(const BlockScanBwdArgs& a) {
   const at::Tensor dA = det ? at::zeros({Bn, E, N}, acc) : a.dA_log;
   const at::Tensor dD = det ? at::zeros({Bn, E}, acc) : a.dD;
   const at::Tensor dbias = det ? at::zeros({Bn, E}, acc) : a.ddt_bias;
-  s.p.ddt_low = mut3(bxl(d0.narrow(2, 0, R)));
-  s.p.dB = mut4(bxl(d0.narrow(2, R, N)));
-  s.p.dC = mut4(bxl(d0.narrow(2, R + N, N)));
+  s.p.ddt_low = mut3(bxl(d0.narrow(2, 0, R)), "dx_dbl");
+  s.p.dB = mut4(bxl(d0.narrow(2, R, N)), "dx_dbl");
+  s.p.dC = mut4(bxl(d0.narrow(2, R + N, N)), "dx_dbl");
   s.p.dBC_part = s.p.dlow_part = d0.numel();
-  s.p.dw_dt = dw.data_ptr();
-  s.p.dA = dA.data_ptr();
-  s.p.dD = dD.data_ptr();
-  s.p.ddelta_bias = dbias.data_ptr();
+  s.p.dw_dt = view_ptr<void>(dw, "ddt_proj_weight");
+  s.p.dA = view_ptr<void>(dA, "dA_log");
+  s.p.dD = view_ptr<void>(dD, "dD");
+  s.p.ddelta_bias = view_ptr<void>(dbias, "ddt_proj_bias");
   s.p.deterministic = det;
   const int64_t chunks = ceil_div(L, kScanLanes * cfg.items);
-  const at::Tensor chunk_states = chunks > 1 ? at::empty({Bn, E, chunks, N}, acc) : at::Tensor();
-  s.p.chunk_states = chunk_states.defined() ? chunk_states.data_ptr() : nullptr;
+  const at::Tensor chunk_states = chunks > 1 ? empty_output({Bn, E, chunks, N}, acc) : at::Tensor();
+  s.p.chunk_states = rw_gptr<void>(chunk_states, "chunk_states");
   if (Bn > 0 && E > 0) launch_scan(s.p, s.in, s.in, true);
   if (det) {
     a.dx_dbl.add_(dx_dbl.sum(0));

@@ -41,20 +41,20 @@ constexpr int kScanLanes = 4;  // lanes per channel
 // ---- strided views ------------------------------------------------------------------------------
 // (batch, E, L) tensor: element (b, e, t) at p + b sb + e se + t sl (elements).
 struct View3 {
-  const void* p = nullptr;
+  gptr<const void> p = nullptr;
   int64_t sb = 0, se = 0, sl = 0;
 };
 struct MutView3 {
-  void* p = nullptr;
+  gptr<void> p = nullptr;
   int64_t sb = 0, se = 0, sl = 0;
 };
 // B / C (batch, G, N, L): element (b, g, n, t) at p + b sb + g sg + n sn + t sl.
 struct View4 {
-  const void* p = nullptr;
+  gptr<const void> p = nullptr;
   int64_t sb = 0, sg = 0, sn = 0, sl = 0;
 };
 struct MutView4 {
-  void* p = nullptr;
+  gptr<void> p = nullptr;
   int64_t sb = 0, sg = 0, sn = 0, sl = 0;
 };
 
@@ -62,30 +62,30 @@ struct ScanParams {
   // inputs: u, delta, z, dout in in_t; B, C in bc_t; A (E, N), D, delta_bias (E,) in acc_t
   View3 u, delta, z, dout;
   View4 B, C;
-  const void* A = nullptr;  // A, or A_log (A = -exp(A_log)) when a_is_log
-  const void* D = nullptr;
-  const void* delta_bias = nullptr;
+  gptr<const void> A = nullptr;  // A, or A_log (A = -exp(A_log)) when a_is_log
+  gptr<const void> D = nullptr;
+  gptr<const void> delta_bias = nullptr;
   // block mode (dt_proj folded in): raw delta (b, e, t) = round_in_t(sum_r w_dt[e, r] dt_low(b, r, t))
   View3 dt_low;               // (batch, R, L) view of x_dbl's first R columns
-  const void* w_dt = nullptr; // (E, R) in_t, contiguous
+  gptr<const void> w_dt = nullptr;  // (E, R) in_t, contiguous
   int dt_rank = 0;
   bool a_is_log = false;
   // forward outputs
   MutView3 out;                // in_t
-  void* last_state = nullptr;  // (batch, E, N) acc_t, contiguous; nullptr: not written
+  gptr<void> last_state = nullptr;  // (batch, E, N) acc_t, contiguous; nullptr: not written
   // backward outputs: du, ddelta, dz in in_t; the sums in acc_t, zero-initialised
   MutView3 du, ddelta, dz;       // ddelta may be absent (block mode)
-  void* dA = nullptr;            // (E, N)            [deterministic: (batch, E, N)]
-  void* dD = nullptr;            // (E,)              [deterministic: (batch, E)]
-  void* ddelta_bias = nullptr;   // (E,)              [deterministic: (batch, E)]
+  gptr<void> dA = nullptr;           // (E, N)            [deterministic: (batch, E, N)]
+  gptr<void> dD = nullptr;           // (E,)              [deterministic: (batch, E)]
+  gptr<void> ddelta_bias = nullptr;  // (E,)              [deterministic: (batch, E)]
   MutView4 dB, dC;               // like B / C        [deterministic: + cblock * dBC_part]
   int64_t dBC_part = 0;
   // block mode: the dt_proj gradients, summed in acc_t: d dt_low (b, r, t) over channels (like dB;
   // deterministic: + cblock * dlow_part) and dW_dt (E, R) over batch rows (like dA)
   MutView3 ddt_low;
   int64_t dlow_part = 0;
-  void* dw_dt = nullptr;
-  void* chunk_states = nullptr;  // (batch, E, n_chunks, N) acc_t scratch: state entering each chunk
+  gptr<void> dw_dt = nullptr;
+  gptr<void> chunk_states = nullptr;  // (batch, E, n_chunks, N) acc_t scratch: state entering each chunk
   int batch = 0, dim = 0, len = 0, dstate = 0, n_groups = 1, dim_per_group = 0;
   int blocks_per_group = 0, n_chunks = 0;
   bool delta_softplus = false, deterministic = false;
@@ -135,19 +135,15 @@ __device__ __forceinline__ float exp2_(float x) {
 }
 __device__ __forceinline__ double exp2_(double x) { return exp2(x); }
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Vec {
-  T v[N];
-};
-
 // K consecutive acc_t from 16-byte aligned shared memory, as 16-byte loads.
 template <int K, typename acc_t>
-__device__ __forceinline__ void load_items(const acc_t* src, acc_t (&dst)[K]) {
+__device__ __forceinline__ void load_items(std::type_identity_t<sptr<const acc_t>> src,
+                                           acc_t (&dst)[K]) {
   constexpr int V = 16 / sizeof(acc_t);
   static_assert(K % V == 0, "items per lane must fill 16-byte vectors");
 #pragma unroll
   for (int j = 0; j < K / V; ++j) {
-    const Vec<acc_t, V> v = reinterpret_cast<const Vec<acc_t, V>*>(src)[j];
+    const Vec<acc_t, V> v = load_vec<V>(src, j * V);
 #pragma unroll
     for (int q = 0; q < V; ++q) dst[j * V + q] = v.v[q];
   }
@@ -158,19 +154,19 @@ __device__ __forceinline__ void load_items(const acc_t* src, acc_t (&dst)[K]) {
 // o >= v_out or i >= v_in); consecutive threads take consecutive i, 16-byte vectors along i when
 // s_in == 1 and src and s_out allow it.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void stage_in(const T* src, int64_t s_out, int64_t s_in, int n_out,
-                                         int n_in, int v_out, int v_in, acc_t* dst, int d_out,
+__device__ __forceinline__ void stage_in(gptr<const T> src, int64_t s_out, int64_t s_in, int n_out,
+                                         int n_in, int v_out, int v_in, sptr<acc_t> dst, int d_out,
                                          int d_in) {
   constexpr int V = 16 / sizeof(T);
   const bool vec = s_in == 1 && n_in % V == 0 && s_out % V == 0 &&
-                   reinterpret_cast<uintptr_t>(src) % 16 == 0;
+                   address_of(src) % 16 == 0;
   if (vec) {
     const int per_row = n_in / V;
     for (int k = threadIdx.x; k < n_out * per_row; k += blockDim.x) {
       const int o = k / per_row, i0 = (k - o * per_row) * V;
-      acc_t* d = dst + o * d_out + i0 * d_in;
+      const sptr<acc_t> d = dst + o * d_out + i0 * d_in;
       if (o < v_out && i0 + V <= v_in) {
-        const Vec<T, V> v = *reinterpret_cast<const Vec<T, V>*>(src + o * s_out + i0);
+        const Vec<T, V> v = load_vec<V>(src + o * s_out, i0);
 #pragma unroll
         for (int q = 0; q < V; ++q) d[q * d_in] = to_float(v.v[q]);
       } else {
@@ -191,31 +187,31 @@ __device__ __forceinline__ void stage_in(const T* src, int64_t s_out, int64_t s_
 // A [rows][cols] smem tile (row pitch `row`) from a strided global tile (s_r, s_c), reading along
 // whichever global dimension is contiguous.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void stage_tile(const T* src, int64_t s_r, int64_t s_c, int rows,
-                                           int cols, int v_rows, int v_cols, acc_t* dst, int row) {
-  if (s_c == 1 || s_r != 1) stage_in(src, s_r, s_c, rows, cols, v_rows, v_cols, dst, row, 1);
-  else stage_in(src, s_c, s_r, cols, rows, v_cols, v_rows, dst, 1, row);
+__device__ __forceinline__ void stage_tile(gptr<const T> src, int64_t s_r, int64_t s_c, int rows,
+                                           int cols, int v_rows, int v_cols, sptr<acc_t> dst, int row) {
+  if (s_c == 1 || s_r != 1) stage_in<T, acc_t>(src, s_r, s_c, rows, cols, v_rows, v_cols, dst, row, 1);
+  else stage_in<T, acc_t>(src, s_c, s_r, cols, rows, v_cols, v_rows, dst, 1, row);
 }
 
 // The reverse: global[r, c] = smem[r][c] for r < v_rows, c < v_cols.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void store_tile(T* dst, int64_t s_r, int64_t s_c, int v_rows, int v_cols,
-                                           const acc_t* src, int row) {
+__device__ __forceinline__ void store_tile(gptr<T> dst, int64_t s_r, int64_t s_c, int v_rows, int v_cols,
+                                           sptr<const acc_t> src, int row) {
   constexpr int V = 16 / sizeof(T);
   const bool col_fast = s_c == 1 || s_r != 1;
   const int64_t s_out = col_fast ? s_r : s_c, s_in = col_fast ? s_c : s_r;
   const int n_out = col_fast ? v_rows : v_cols, n_in = col_fast ? v_cols : v_rows;
   const int d_out = col_fast ? row : 1, d_in = col_fast ? 1 : row;
-  const bool vec = s_in == 1 && s_out % V == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  const bool vec = s_in == 1 && s_out % V == 0 && address_of(dst) % 16 == 0;
   const int per_row = (n_in + V - 1) / V;
   for (int k = threadIdx.x; k < n_out * per_row; k += blockDim.x) {
     const int o = k / per_row, i0 = (k - o * per_row) * V;
-    const acc_t* s = src + o * d_out + i0 * d_in;
+    const sptr<const acc_t> s = src + o * d_out + i0 * d_in;
     if (vec && i0 + V <= n_in) {
       Vec<T, V> v;
 #pragma unroll
       for (int q = 0; q < V; ++q) v.v[q] = from_acc<T>(s[q * d_in]);
-      *reinterpret_cast<Vec<T, V>*>(dst + o * s_out + i0) = v;
+      store_vec(dst + o * s_out, i0, v);
     } else {
       for (int q = 0; q < V && i0 + q < n_in; ++q)
         dst[o * s_out + (i0 + q) * s_in] = from_acc<T>(s[q * d_in]);
@@ -265,10 +261,10 @@ struct ScanSmem {
 // Per-channel constants into smem: A log2(e) [chans][N], zero carries.
 template <typename acc_t>
 __device__ __forceinline__ void stage_constants(const ScanParams& p, const ScanTile& tile,
-                                                const ScanSmem& lay, acc_t* sm, int chans,
+                                                const ScanSmem& lay, sptr<acc_t> sm, int chans,
                                                 bool backward) {
   const int N = p.dstate;
-  const acc_t* A = static_cast<const acc_t*>(p.A);
+  const gptr<const acc_t> A = ptr_cast<const acc_t>(p.A);
   for (int i = threadIdx.x; i < chans * N; i += blockDim.x) {
     const int c = i / N, n = i - c * N;
     acc_t a = c < tile.n_chans ? A[int64_t(tile.c_first + c) * N + n] : acc_t(0);
@@ -287,22 +283,23 @@ __device__ __forceinline__ void stage_constants(const ScanParams& p, const ScanT
 // Stage the chunk [l0, l0 + len): B (and C) rows, and u / raw delta (/ z / dout) tiles.
 template <typename KT>
 __device__ __forceinline__ void stage_chunk(const ScanParams& p, const ScanTile& tile,
-                                            const ScanSmem& lay, typename KT::acc_t* sm, int l0,
+                                            const ScanSmem& lay, sptr<typename KT::acc_t> sm, int l0,
                                             int len, bool with_C, bool with_z, bool with_dout) {
+  using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   using bc_t = typename KT::bc_t;
   constexpr int T = KT::kChunk, row = KT::kRow;
   const int N = p.dstate;
   const int64_t bc_off = int64_t(tile.b) * p.B.sb + int64_t(tile.g) * p.B.sg + int64_t(l0) * p.B.sl;
-  stage_tile(static_cast<const bc_t*>(p.B.p) + bc_off, p.B.sn, p.B.sl, N, T, N, len, sm + lay.B, row);
+  stage_tile<bc_t, acc_t>(ptr_cast<const bc_t>(p.B.p) + bc_off, p.B.sn, p.B.sl, N, T, N, len, sm + lay.B, row);
   if (with_C) {
     const int64_t c_off = int64_t(tile.b) * p.C.sb + int64_t(tile.g) * p.C.sg + int64_t(l0) * p.C.sl;
-    stage_tile(static_cast<const bc_t*>(p.C.p) + c_off, p.C.sn, p.C.sl, N, T, N, len, sm + lay.C, row);
+    stage_tile<bc_t, acc_t>(ptr_cast<const bc_t>(p.C.p) + c_off, p.C.sn, p.C.sl, N, T, N, len, sm + lay.C, row);
   }
   auto stage3 = [&](const View3& v, int64_t dst) {
     const int64_t off = int64_t(tile.b) * v.sb + int64_t(tile.c_first) * v.se + int64_t(l0) * v.sl;
-    stage_tile(static_cast<const in_t*>(v.p) + off, v.se, v.sl, KT::kChans, T, tile.n_chans, len,
-               sm + dst, row);
+    stage_tile<in_t, acc_t>(ptr_cast<const in_t>(v.p) + off, v.se, v.sl, KT::kChans, T, tile.n_chans,
+                            len, sm + dst, row);
   };
   stage3(p.u, lay.u);
   if (p.w_dt == nullptr) stage3(p.delta, lay.dt);
@@ -312,7 +309,8 @@ __device__ __forceinline__ void stage_chunk(const ScanParams& p, const ScanTile&
     const int R = p.dt_rank;
     const View3& v = p.dt_low;
     const int64_t off = int64_t(tile.b) * v.sb + int64_t(l0) * v.sl;
-    stage_tile(static_cast<const in_t*>(v.p) + off, v.sl, v.se, T, R, len, R, sm + lay.dtlow, R + 1);
+    stage_tile<in_t, acc_t>(ptr_cast<const in_t>(v.p) + off, v.sl, v.se, T, R, len, R, sm + lay.dtlow,
+                            R + 1);
   }
 }
 
@@ -320,7 +318,7 @@ __device__ __forceinline__ void stage_chunk(const ScanParams& p, const ScanTile&
 // Needs the staged dt_low rows and W_dt (a barrier after stage_chunk).
 template <typename KT>
 __device__ __forceinline__ void dt_proj_tile(const ScanParams& p, const ScanTile& tile,
-                                             const ScanSmem& lay, typename KT::acc_t* sm, int len) {
+                                             const ScanSmem& lay, sptr<typename KT::acc_t> sm, int len) {
   using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   constexpr int T = KT::kChunk;
@@ -328,8 +326,8 @@ __device__ __forceinline__ void dt_proj_tile(const ScanParams& p, const ScanTile
   for (int i = threadIdx.x; i < KT::kChans * T; i += blockDim.x) {
     const int c = i / T, t = i - c * T;
     acc_t acc = acc_t(0);
-    const acc_t* w = sm + lay.wdt + c * R;
-    const acc_t* x = sm + lay.dtlow + t * (R + 1);
+    const sptr<const acc_t> w = sm + lay.wdt + c * R;
+    const sptr<const acc_t> x = sm + lay.dtlow + t * (R + 1);
     for (int r = 0; r < R; ++r) acc += w[r] * x[r];
     const bool ok = c < tile.n_chans && t < len;
     sm[lay.dt + c * KT::kRow + t] = ok ? acc_t(to_float(from_acc<in_t>(acc))) : acc_t(0);
@@ -341,13 +339,13 @@ __device__ __forceinline__ void dt_proj_tile(const ScanParams& p, const ScanTile
 // (CTA, t, r); dW_dt (c, r) += sum_t ddelta (c, t) dt_low (t, r), in smem until the end.
 template <typename KT>
 __device__ __forceinline__ void dt_proj_grads(const ScanParams& p, const ScanTile& tile,
-                                              const ScanSmem& lay, typename KT::acc_t* sm, int l0,
+                                              const ScanSmem& lay, sptr<typename KT::acc_t> sm, int l0,
                                               int len) {
   using acc_t = typename KT::acc_t;
   const int R = p.dt_rank;
-  const acc_t* ddt = sm + lay.dt;
-  acc_t* dlow = static_cast<acc_t*>(p.ddt_low.p) + int64_t(tile.b) * p.ddt_low.sb +
-                (p.deterministic ? int64_t(tile.cblock) * p.dlow_part : 0);
+  const sptr<const acc_t> ddt = sm + lay.dt;
+  const gptr<acc_t> dlow = ptr_cast<acc_t>(p.ddt_low.p) + int64_t(tile.b) * p.ddt_low.sb +
+                           (p.deterministic ? int64_t(tile.cblock) * p.dlow_part : 0);
   for (int i = threadIdx.x; i < len * R; i += blockDim.x) {
     const int t = i / R, r = i - t * R;
     acc_t sum = acc_t(0);
@@ -364,7 +362,7 @@ __device__ __forceinline__ void dt_proj_grads(const ScanParams& p, const ScanTil
 
 // This lane's delta (after bias and softplus; zero past the chunk's end) and delta * u.
 template <typename KT>
-__device__ __forceinline__ typename KT::acc_t lane_deltas(const ScanParams& p, const typename KT::acc_t* sm,
+__device__ __forceinline__ typename KT::acc_t lane_deltas(const ScanParams& p, sptr<const typename KT::acc_t> sm,
                                                           const ScanSmem& lay, int c, int t0, int len,
                                                           typename KT::acc_t bias,
                                                           typename KT::acc_t (&dt)[KT::kItems],
@@ -442,8 +440,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_fwd_kernel(con
   using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   constexpr int K = KT::kItems, T = KT::kChunk, row = KT::kRow;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> sm = dynamic_smem<acc_t>();
   const ScanSmem lay(p.dstate, KT::kChans, T, row, /*backward=*/false, p.dt_rank);
   const ScanTile tile(p, KT::kChans);
   const int tid = threadIdx.x, c = tid / kScanLanes, lane = tid % kScanLanes, t0 = lane * K;
@@ -451,14 +448,15 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_fwd_kernel(con
   const bool active = c < tile.n_chans;
   const int e = tile.c_first + c;
   const bool with_z = p.z.p != nullptr;
-  const acc_t Dv = active && p.D != nullptr ? static_cast<const acc_t*>(p.D)[e] : acc_t(0);
+  const acc_t Dv = active && p.D != nullptr ? acc_t(ptr_cast<const acc_t>(p.D)[e]) : acc_t(0);
   const acc_t bias =
-      active && p.delta_bias != nullptr ? static_cast<const acc_t*>(p.delta_bias)[e] : acc_t(0);
+      active && p.delta_bias != nullptr ? acc_t(ptr_cast<const acc_t>(p.delta_bias)[e]) : acc_t(0);
 
   stage_constants(p, tile, lay, sm, KT::kChans, false);
   if (p.w_dt != nullptr)
-    stage_tile(static_cast<const in_t*>(p.w_dt) + int64_t(tile.c_first) * p.dt_rank, p.dt_rank, 1,
-               KT::kChans, p.dt_rank, tile.n_chans, p.dt_rank, sm + lay.wdt, p.dt_rank);
+    stage_tile<in_t, acc_t>(ptr_cast<const in_t>(p.w_dt) + int64_t(tile.c_first) * p.dt_rank,
+                            p.dt_rank, 1, KT::kChans, p.dt_rank, tile.n_chans, p.dt_rank,
+                            sm + lay.wdt, p.dt_rank);
 
   for (int k = 0; k < p.n_chunks; ++k) {
     const int l0 = k * T, len = min(T, p.len - l0);
@@ -507,14 +505,15 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_fwd_kernel(con
     }
     __syncthreads();
     const int64_t off = int64_t(tile.b) * p.out.sb + int64_t(tile.c_first) * p.out.se + int64_t(l0) * p.out.sl;
-    store_tile(static_cast<in_t*>(p.out.p) + off, p.out.se, p.out.sl, tile.n_chans, len, sm + lay.u, row);
+    store_tile<in_t, acc_t>(ptr_cast<in_t>(p.out.p) + off, p.out.se, p.out.sl, tile.n_chans, len,
+                            sm + lay.u, row);
   }
   if (p.last_state != nullptr) {
     __syncthreads();
     for (int i = tid; i < tile.n_chans * N; i += KT::kThreads) {
       const int cc = i / N, n = i - cc * N;
-      static_cast<acc_t*>(p.last_state)[(int64_t(tile.b) * p.dim + tile.c_first + cc) * N + n] =
-          sm[lay.carry + i];
+      ptr_cast<acc_t>(p.last_state)[(int64_t(tile.b) * p.dim + tile.c_first + cc) * N + n] =
+          acc_t(sm[lay.carry + i]);
     }
   }
 }
@@ -525,8 +524,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
   using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   constexpr int K = KT::kItems, T = KT::kChunk, row = KT::kRow;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
+  const sptr<acc_t> sm = dynamic_smem<acc_t>();
   const ScanSmem lay(p.dstate, KT::kChans, T, row, /*backward=*/true, p.dt_rank);
   const ScanTile tile(p, KT::kChans);
   const int tid = threadIdx.x, c = tid / kScanLanes, lane = tid % kScanLanes, t0 = lane * K;
@@ -534,16 +532,17 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
   const bool active = c < tile.n_chans;
   const int e = tile.c_first + c;
   const bool with_z = p.z.p != nullptr;
-  const acc_t Dv = active && p.D != nullptr ? static_cast<const acc_t*>(p.D)[e] : acc_t(0);
+  const acc_t Dv = active && p.D != nullptr ? acc_t(ptr_cast<const acc_t>(p.D)[e]) : acc_t(0);
   const acc_t bias =
-      active && p.delta_bias != nullptr ? static_cast<const acc_t*>(p.delta_bias)[e] : acc_t(0);
-  acc_t* chunk_states = static_cast<acc_t*>(p.chunk_states);
+      active && p.delta_bias != nullptr ? acc_t(ptr_cast<const acc_t>(p.delta_bias)[e]) : acc_t(0);
+  const gptr<acc_t> chunk_states = ptr_cast<acc_t>(p.chunk_states);
   const int64_t st_base = (int64_t(tile.b) * p.dim + e) * p.n_chunks * N;  // used when active
 
   stage_constants(p, tile, lay, sm, KT::kChans, true);
   if (p.w_dt != nullptr)
-    stage_tile(static_cast<const in_t*>(p.w_dt) + int64_t(tile.c_first) * p.dt_rank, p.dt_rank, 1,
-               KT::kChans, p.dt_rank, tile.n_chans, p.dt_rank, sm + lay.wdt, p.dt_rank);
+    stage_tile<in_t, acc_t>(ptr_cast<const in_t>(p.w_dt) + int64_t(tile.c_first) * p.dt_rank,
+                            p.dt_rank, 1, KT::kChans, p.dt_rank, tile.n_chans, p.dt_rank,
+                            sm + lay.wdt, p.dt_rank);
 
   // Phase 1: the state entering each chunk 1..n_chunks-1 (a forward pass without y).
   for (int k = 0; k + 1 < p.n_chunks; ++k) {
@@ -576,8 +575,8 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
   // Phase 2: chunks in reverse order.
   acc_t dD_sum = acc_t(0), dbias_sum = acc_t(0);
   const int64_t part = p.deterministic ? int64_t(tile.cblock) * p.dBC_part : 0;
-  acc_t* dB = static_cast<acc_t*>(p.dB.p) + part + int64_t(tile.b) * p.dB.sb + int64_t(tile.g) * p.dB.sg;
-  acc_t* dC = static_cast<acc_t*>(p.dC.p) + part + int64_t(tile.b) * p.dC.sb + int64_t(tile.g) * p.dC.sg;
+  const gptr<acc_t> dB = ptr_cast<acc_t>(p.dB.p) + part + int64_t(tile.b) * p.dB.sb + int64_t(tile.g) * p.dB.sg;
+  const gptr<acc_t> dC = ptr_cast<acc_t>(p.dC.p) + part + int64_t(tile.b) * p.dC.sb + int64_t(tile.g) * p.dC.sg;
   for (int k = p.n_chunks - 1; k >= 0; --k) {
     const int l0 = k * T, len = min(T, p.len - l0);
     __syncthreads();
@@ -614,7 +613,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
       const acc_t Pe = __shfl_up_sync(0xffffffffu, P, 1, kScanLanes);
       const acc_t Se = __shfl_up_sync(0xffffffffu, S, 1, kScanLanes);
       const acc_t s0 = lane == 0 ? carry : Pe * carry + Se;  // state before this lane's first item
-      acc_t* red = sm + lay.red;
+      const sptr<acc_t> red = sm + lay.red;
       {
         acc_t st = s0;
 #pragma unroll
@@ -660,7 +659,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
       for (int j = tid; j < 2 * T; j += KT::kThreads) {
         const int which = j / T, t = j - which * T;
         if (t >= len) continue;
-        const acc_t* slot = red + which * KT::kChans * T + t;
+        const sptr<const acc_t> slot = red + which * KT::kChans * T + t;
         acc_t sum = acc_t(0);
         for (int cc = 0; cc < KT::kChans; ++cc) sum += slot[cc * T];
         if (which == 0) atomicAdd(dB + int64_t(n) * p.dB.sn + int64_t(l0 + t) * p.dB.sl, sum);
@@ -698,7 +697,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
     __syncthreads();
     auto store3 = [&](const MutView3& v, int64_t src) {
       const int64_t off = int64_t(tile.b) * v.sb + int64_t(tile.c_first) * v.se + int64_t(l0) * v.sl;
-      store_tile(static_cast<in_t*>(v.p) + off, v.se, v.sl, tile.n_chans, len, sm + src, row);
+      store_tile<in_t, acc_t>(ptr_cast<in_t>(v.p) + off, v.se, v.sl, tile.n_chans, len, sm + src, row);
     };
     store3(p.du, lay.u);
     if (p.ddelta.p != nullptr) store3(p.ddelta, lay.dt);
@@ -710,19 +709,19 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
   // own slice, each element written by one CTA).
   __syncthreads();
   const int64_t row_off = p.deterministic ? int64_t(tile.b) * p.dim : 0;
-  acc_t* dA = static_cast<acc_t*>(p.dA) + row_off * N;
+  const gptr<acc_t> dA = ptr_cast<acc_t>(p.dA) + row_off * N;
   for (int i = tid; i < tile.n_chans * N; i += KT::kThreads) {
     acc_t v = sm[lay.dA + i];
     if (p.a_is_log) v *= sm[lay.A2 + i] * acc_t(0.6931471805599453);  // dA_log = dA * A
     atomicAdd(dA + int64_t(tile.c_first) * N + i, v);
   }
   if (p.w_dt != nullptr) {
-    acc_t* dw = static_cast<acc_t*>(p.dw_dt) + (row_off + tile.c_first) * p.dt_rank;
+    const gptr<acc_t> dw = ptr_cast<acc_t>(p.dw_dt) + (row_off + tile.c_first) * p.dt_rank;
     for (int i = tid; i < tile.n_chans * p.dt_rank; i += KT::kThreads) atomicAdd(dw + i, sm[lay.dwdt + i]);
   }
   if (active && lane == 0) {
-    if (p.D != nullptr) atomicAdd(static_cast<acc_t*>(p.dD) + row_off + e, dD_sum);
-    if (p.delta_bias != nullptr) atomicAdd(static_cast<acc_t*>(p.ddelta_bias) + row_off + e, dbias_sum);
+    if (p.D != nullptr) atomicAdd(ptr_cast<acc_t>(p.dD) + row_off + e, dD_sum);
+    if (p.delta_bias != nullptr) atomicAdd(ptr_cast<acc_t>(p.ddelta_bias) + row_off + e, dbias_sum);
   }
 }
 

@@ -42,10 +42,10 @@ struct StepWs {
 struct StepArgs {
   InPtr h;                          // (B, D)
   OutPtr out;                       // (B, D)
-  void* ws;                         // (B, StepWs::row) in the activation dtype out.dt
-  void* cache1; DType cache1_dt;    // (B, W1-1, D)
-  void* cache2; DType cache2_dt;    // (B, W2-1, E) or nullptr
-  void* state; DType state_dt;      // (B, E, N) float32 (float64 for float64 h)
+  OutPtr ws;                        // (B, StepWs::row) in the activation dtype out.dt
+  OutPtr cache1;                    // (B, W1-1, D), updated in place
+  OutPtr cache2;                    // (B, W2-1, E) or absent
+  OutPtr state;                     // (B, E, N) float32 (float64 for float64 h)
   InPtr n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out;
   int D, E, N, R, W1, W2, m;        // m: modality of this token
   bool line;                        // mixer kind "line" (else "conv")
@@ -57,11 +57,11 @@ struct StepArgs {
   // Element i of the workspace vector at offset `off` (a StepWs field) of batch row b.
   template <typename acc_t>
   __device__ acc_t ws_load(int64_t b, int64_t off, int64_t i) const {
-    return load<acc_t>(InPtr{ws, out.dt}, b * lay.row + off + i);
+    return load<acc_t>(in_view(ws), b * lay.row + off + i);
   }
   template <typename acc_t>
   __device__ void ws_store(int64_t b, int64_t off, int64_t i, acc_t v) const {
-    store(OutPtr{ws, out.dt}, b * lay.row + off + i, v);
+    store(ws, b * lay.row + off + i, v);
   }
 };
 
@@ -80,11 +80,11 @@ struct StepSmem {
 // LN_1(h_t) as the last row of the window win (W1, D), the cached rows before it: hrow (D) and win
 // in shared memory. Ends with a barrier.
 template <typename acc_t>
-__device__ __forceinline__ void step_window1(const StepArgs& a, int64_t b, acc_t* hrow, acc_t* win,
-                                             acc_t* red) {
+__device__ __forceinline__ void step_window1(const StepArgs& a, int64_t b, sptr<acc_t> hrow,
+                                             sptr<acc_t> win, sptr<acc_t> red) {
   const DType act = a.out.dt;
   const int D = a.D, W1 = a.W1;
-  const InPtr cache1{a.cache1, a.cache1_dt};
+  const InPtr cache1 = in_view(a.cache1);
   for (int d = threadIdx.x; d < D; d += blockDim.x) hrow[d] = load<acc_t>(a.h, b * D + d);
   for (int i = threadIdx.x; i < (W1 - 1) * D; i += blockDim.x)
     win[i] = load<acc_t>(cache1, b * (W1 - 1) * D + i);
@@ -98,7 +98,8 @@ __device__ __forceinline__ void step_window1(const StepArgs& a, int64_t b, acc_t
 // depthwise, or line row c of M_m (C, W*C) (one warp: call from every lane, valid on all lanes).
 template <typename acc_t>
 __device__ __forceinline__ acc_t conv_window(const InPtr& w, const InPtr& bias, int m, int W, int C,
-                                             int c, const acc_t* win, DType act) {
+                                             int c, std::type_identity_t<sptr<const acc_t>> win,
+                                             DType act) {
   acc_t s = bias.p != nullptr ? load_w<acc_t>(bias, int64_t(m) * C + c, act) : acc_t(0);
   for (int k = 0; k < W; ++k) s += load_w<acc_t>(w, (int64_t(m) * W + k) * C + c, act) * win[k * C + c];
   return round_as(act, s);
@@ -107,17 +108,16 @@ __device__ __forceinline__ acc_t conv_window(const InPtr& w, const InPtr& bias, 
 // ---- stage 1 (line mixers): h1 = h + round(M_m @ window) for this CTA's rows -------------------
 template <typename acc_t>
 __global__ void step_mix1_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* hrow = reinterpret_cast<acc_t*>(smem_raw);  // (D)
-  acc_t* win = hrow + a.D;                           // (W1, D)
-  acc_t* red = win + int64_t(a.W1) * a.D;            // (32)
+  const sptr<acc_t> hrow = dynamic_smem<acc_t>();     // (D)
+  const sptr<acc_t> win = hrow + a.D;                 // (W1, D)
+  const sptr<acc_t> red = win + int64_t(a.W1) * a.D;  // (32)
   const DType act = a.out.dt;
   const int D = a.D, W1 = a.W1;
   const int64_t b = blockIdx.y;
   step_window1(a, b, hrow, win, red);
   if (blockIdx.x == 0)
     for (int d = threadIdx.x; d < D; d += blockDim.x)
-      a.ws_store(b, a.lay.u, d, win[int64_t(W1 - 1) * D + d]);
+      a.ws_store(b, a.lay.u, d, acc_t(win[int64_t(W1 - 1) * D + d]));
   const int r0 = blockIdx.x * kStepRows;
   warp_matvec<acc_t>(a.m1w, int64_t(a.m) * D * W1 * D, r0, min(r0 + kStepRows, D), W1 * D, win,
                      act, [&](int r, acc_t s) {
@@ -130,23 +130,22 @@ __global__ void step_mix1_kernel(StepArgs a) {
 // ---- stage 2: [conv: h1 = h + conv_mixer(window)], v = LN_2(h1), xz = round(W_in v) rows -------
 template <typename acc_t>
 __global__ void step_in_proj_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
   const DType act = a.out.dt;
   const int D = a.D, E = a.E, W1 = a.W1;
   const StepWs& ws = a.lay;
   const int64_t b = blockIdx.y;
-  acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
-  acc_t *h1 = sm, *v = sm + D, *red = sm + 2 * D;  // (D), (D), (32)
+  const sptr<acc_t> sm = dynamic_smem<acc_t>();
+  const sptr<acc_t> h1 = sm, v = sm + D, red = sm + 2 * D;  // (D), (D), (32)
   if (!a.line) {  // recompute LN_1 and the conv mixer of this row: a few D-vectors
-    acc_t* hrow = red + 32;     // (D)
-    acc_t* win = hrow + D;      // (W1, D)
+    const sptr<acc_t> hrow = red + 32;  // (D)
+    const sptr<acc_t> win = hrow + D;   // (W1, D)
     step_window1(a, b, hrow, win, red);
     for (int d = threadIdx.x; d < D; d += blockDim.x)
-      h1[d] = round_as(act, hrow[d] + conv_window(a.m1w, a.m1b, a.m, W1, D, d, win, act));
+      h1[d] = round_as(act, hrow[d] + conv_window<acc_t>(a.m1w, a.m1b, a.m, W1, D, d, win, act));
     if (blockIdx.x == 0)
       for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        a.ws_store(b, ws.u, d, win[int64_t(W1 - 1) * D + d]);
-        a.ws_store(b, ws.h1, d, h1[d]);
+        a.ws_store(b, ws.u, d, acc_t(win[int64_t(W1 - 1) * D + d]));
+        a.ws_store(b, ws.h1, d, acc_t(h1[d]));
       }
   } else {
     for (int d = threadIdx.x; d < D; d += blockDim.x) h1[d] = a.template ws_load<acc_t>(b, ws.h1, d);
@@ -163,13 +162,12 @@ __global__ void step_in_proj_kernel(StepArgs a) {
 // ---- stage 3 (double mixers): xs = round(SiLU(mixer_2(window))), window = [cache2 | x] ---------
 template <typename acc_t>
 __global__ void step_mix2_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* win = reinterpret_cast<acc_t*>(smem_raw);  // (W2, E), line mixers only
+  const sptr<acc_t> win = dynamic_smem<acc_t>();  // (W2, E), line mixers only
   const DType act = a.out.dt;
   const int E = a.E, W2 = a.W2;
   const StepWs& ws = a.lay;
   const int64_t b = blockIdx.y;
-  const InPtr cache2{a.cache2, a.cache2_dt};
+  const InPtr cache2 = in_view(a.cache2);
   const int r0 = blockIdx.x * kStepRows, r1 = min(r0 + kStepRows, E);
   auto emit = [&](int e, acc_t mixed) {
     a.ws_store(b, ws.xs, e, round_as(act, silu_(round_as(act, mixed))));
@@ -223,18 +221,17 @@ __device__ __forceinline__ void shift_cache(const InPtr& in, const OutPtr& out, 
 // ---- stage 4: xd = round(W_x xs) rows; CTA 0 of the row shifts the caches ----------------------
 template <typename acc_t>
 __global__ void step_x_proj_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* xs = reinterpret_cast<acc_t*>(smem_raw);  // (E)
+  const sptr<acc_t> xs = dynamic_smem<acc_t>();  // (E)
   const DType act = a.out.dt;
   const int D = a.D, E = a.E, P = a.R + 2 * a.N;
   const StepWs& ws = a.lay;
   const int64_t b = blockIdx.y;
   for (int e = threadIdx.x; e < E; e += blockDim.x) xs[e] = step_xs<acc_t>(a, ws, b, e);
   if (blockIdx.x == 0) {  // every reader of the caches (the stages before) has finished
-    shift_cache<acc_t>(InPtr{a.cache1, a.cache1_dt}, OutPtr{a.cache1, a.cache1_dt},
+    shift_cache<acc_t>(in_view(a.cache1), a.cache1,
                        b * (a.W1 - 1) * D, a.W1 - 1, D, a, b, ws.u);
     if (a.is_double)
-      shift_cache<acc_t>(InPtr{a.cache2, a.cache2_dt}, OutPtr{a.cache2, a.cache2_dt},
+      shift_cache<acc_t>(in_view(a.cache2), a.cache2,
                          b * (a.W2 - 1) * E, a.W2 - 1, E, a, b, ws.xz);
   }
   __syncthreads();
@@ -249,8 +246,7 @@ __global__ void step_x_proj_kernel(StepArgs a) {
 //   ys = round((<s, C> + D x) SiLU(z))
 template <typename acc_t, int kGroup>
 __global__ void step_scan_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* xd = reinterpret_cast<acc_t*>(smem_raw);  // (P) [dt_low | B | C]
+  const sptr<acc_t> xd = dynamic_smem<acc_t>();  // (P) [dt_low | B | C]
   const DType act = a.out.dt;
   const int E = a.E, N = a.N, R = a.R, P = R + 2 * N;
   const StepWs& ws = a.lay;
@@ -266,8 +262,8 @@ __global__ void step_scan_kernel(StepArgs a) {
   dt = round_as(act, group_sum(dt, kGroup));
   const acc_t delta = valid ? softplus_(dt + load<acc_t>(a.dt_bias, e)) : acc_t(0);
   const acc_t x = valid ? step_xs<acc_t>(a, ws, b, e) : acc_t(0);
-  const InPtr state_in{a.state, a.state_dt};
-  const OutPtr state_out{a.state, a.state_dt};
+  const InPtr state_in = in_view(a.state);
+  const OutPtr state_out = a.state;
   acc_t part = 0;
   if (valid)
     for (int n = g; n < N; n += kGroup) {
@@ -288,8 +284,7 @@ __global__ void step_scan_kernel(StepArgs a) {
 // ---- stage 6: out = round(W_out ys) rows (+ h1) ------------------------------------------------
 template <typename acc_t>
 __global__ void step_out_kernel(StepArgs a) {
-  extern __shared__ unsigned char smem_raw[];
-  acc_t* ys = reinterpret_cast<acc_t*>(smem_raw);  // (E)
+  const sptr<acc_t> ys = dynamic_smem<acc_t>();  // (E)
   const DType act = a.out.dt;
   const int D = a.D, E = a.E;
   const StepWs& ws = a.lay;

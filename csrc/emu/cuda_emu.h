@@ -39,6 +39,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"  // #pragma unroll
 
@@ -124,6 +125,20 @@ bool nan_fill();
 uint64_t blocks_run();
 // Kernel launches this OS thread made so far (each valid DMM_LAUNCH).
 uint64_t launches_run();
+// The race check of shared and global memory (memcheck.cpp; initially DMM_EMU_RACECHECK=1). Process-wide.
+void set_racecheck(bool on);
+bool racecheck();
+
+// What the launches of each kernel did, by the kernel's text in DMM_LAUNCH (process-wide, summed
+// over launches until reset): global-memory bytes moved through checked pointers (every access),
+// and distinct bytes read / written per launch (what a launch must move from or to DRAM at least).
+struct KernelCounters {
+  uint64_t launches = 0, blocks = 0;
+  uint64_t bytes_read = 0, bytes_written = 0;
+  uint64_t unique_bytes_read = 0, unique_bytes_written = 0;
+};
+std::vector<std::pair<std::string, KernelCounters>> kernel_counters();
+void reset_kernel_counters();
 
 // The dynamic shared-memory limit a launch of `kernel` may use now (48 KB or the opt-in value).
 size_t dynamic_smem_limit(const void* kernel);
@@ -154,6 +169,17 @@ using SmemGetter = unsigned char* (*)();
 bool register_dynamic_smem(SmemGetter get, const char* name, const char* file, int line);
 
 // ---- launch -----------------------------------------------------------------------------------------
+// Between begin_capture and end_capture (DMM_LAUNCH copying the kernel's arguments) every checked
+// pointer copied registers its buffer with the next launch (checked.h).
+void begin_capture();
+void end_capture();
+struct CaptureScope {
+  CaptureScope() { begin_capture(); }
+  ~CaptureScope() { end_capture(); }
+  CaptureScope(const CaptureScope&) = delete;
+  CaptureScope& operator=(const CaptureScope&) = delete;
+};
+
 // Runs `thread_body` once per thread of every block of the grid (blocks one after another).
 void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t smem,
             cudaStream_t stream, const std::function<void()>& thread_body);
@@ -170,7 +196,10 @@ class Launcher {
   template <typename... Args>
   void operator()(Args&&... args) const {
     static_assert(sizeof...(Args) == sizeof...(Params), "DMM_LAUNCH: wrong number of kernel arguments");
-    const std::tuple<std::decay_t<Params>...> stored(std::forward<Args>(args)...);
+    const std::tuple<std::decay_t<Params>...> stored = [&] {
+      const CaptureScope capture;
+      return std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...);
+    }();
     const Kernel k = k_;
     launch(reinterpret_cast<const void*>(k_), name_, grid_, block_, smem_, stream_,
            [&stored, k]() { std::apply(k, stored); });

@@ -1,7 +1,9 @@
-// The CPU emulator's runtime: launch checks, the per-block fiber scheduler (ucontext), barriers, warp
+// The CPU emulator's runtime: launch checks, the per-block fiber scheduler, barriers, warp
 // rendezvous, dynamic shared memory fill and guards, and the runtime-API subset. See cuda_emu.h for
 // the execution model.
 #include "emu/cuda_emu.h"
+#include "emu/checked.h"
+#include "emu/internal.h"
 
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -33,9 +35,6 @@ namespace dmm {
 namespace emu {
 namespace detail {
 
-struct Fiber;
-struct Block;
-// The running fiber and its block on this OS thread (null outside kernels).
 thread_local Fiber* tls_fiber = nullptr;
 thread_local Block* tls_block = nullptr;
 
@@ -70,6 +69,8 @@ size_t stack_bytes() {
   return bytes;
 }
 
+}  // namespace
+
 struct Stack {
   unsigned char* map = nullptr;  // guard page first
   size_t map_size = 0;
@@ -77,6 +78,8 @@ struct Stack {
   size_t size() const { return map_size - page(); }
   static size_t page() { return size_t(sysconf(_SC_PAGESIZE)); }
 };
+
+namespace {
 
 struct StackPool {
   std::vector<Stack> stacks;
@@ -161,59 +164,23 @@ std::string hex(unsigned m) {
 
 }  // namespace
 
-// ---- fibers and blocks -----------------------------------------------------------------------------
-struct Fiber {
-  enum State : int { kRunnable, kBarrier, kWarp, kDone, kFailed };
-  ucontext_t ctx;
-  const Stack* stack = nullptr;
-  uint3 tid{0, 0, 0};
-  int linear = 0;
-  State state = kRunnable;
-  const char* file = nullptr;  // where it waits
-  int line = 0;
-  WarpOp op = WarpOp::kSync;
-  int pred = 0, count = 0;
-  uint64_t bits = 0, result = 0;
-  int arg = 0;
-  void* fake_stack = nullptr;  // ASan
-};
-
-struct WarpState {
-  bool active = false;
-  WarpOp op = WarpOp::kSync;
-  unsigned mask = 0, arrived = 0;
-  int width = 32;
-  const char* file = nullptr;
-  int line = 0;
-};
-
-struct Block {
-  const char* name = "";
-  dim3 grid, block;
-  uint3 idx{0, 0, 0};
-  size_t smem = 0;
-  const std::function<void()>* body = nullptr;
-  std::vector<Fiber> fibers;
-  std::vector<WarpState> warps;
-  std::vector<int> next;  // fibers runnable in the next round
-  ucontext_t sched;
-  const void* sched_stack_bottom = nullptr;  // ASan bookkeeping of the scheduler's stack
-  size_t sched_stack_size = 0;
-  void* sched_fake_stack = nullptr;
-  std::string error;
-
-  int n() const { return int(fibers.size()); }
-  std::string where() const {
-    std::ostringstream o;
-    o << "dmm-emu: kernel '" << name << "' block (" << idx.x << "," << idx.y << "," << idx.z << ")";
-    return o.str();
-  }
-  std::string where(const Fiber& f) const {
-    std::ostringstream o;
-    o << where() << " thread (" << f.tid.x << "," << f.tid.y << "," << f.tid.z << ")";
-    return o.str();
-  }
-};
+// ---- fibers and blocks (internal.h) ----------------------------------------------------------------
+std::string Block::where() const {
+  std::ostringstream o;
+  o << "dmm-emu: kernel '" << name << "' block " << block_name(linear);
+  return o.str();
+}
+std::string Block::where(const Fiber& f) const { return where() + " thread " + thread_name(f.linear); }
+std::string Block::thread_name(int t) const {
+  std::ostringstream o;
+  o << "(" << t % block.x << "," << t / block.x % block.y << "," << t / (block.x * block.y) << ")";
+  return o.str();
+}
+std::string Block::block_name(uint64_t id) const {
+  std::ostringstream o;
+  o << "(" << id % grid.x << "," << id / grid.x % grid.y << "," << id / (uint64_t(grid.x) * grid.y) << ")";
+  return o.str();
+}
 
 [[noreturn]] void outside_kernel(const char* what) {
   std::fprintf(stderr, "dmm-emu: %s used outside an emulated kernel\n", what);
@@ -238,6 +205,71 @@ const dim3& grid_dim() {
 
 namespace {
 
+// ---- context switches ------------------------------------------------------------------------------
+#if defined(__x86_64__)
+// dmm_emu_switch(&from_sp, to_sp): pushes the callee-saved registers, MXCSR and the x87 control word
+// on the running stack, saves the stack pointer, and pops the other context's from its stack.
+extern "C" void dmm_emu_switch(void** from_sp, void* to_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .type dmm_emu_switch, @function
+dmm_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size dmm_emu_switch, .-dmm_emu_switch
+)");
+
+void switch_context(Context& from, Context& to) { dmm_emu_switch(&from.sp, to.sp); }
+
+// A context that starts `entry` (which never returns) on `stack`: the frame dmm_emu_switch pops.
+void make_context(Context& c, const Stack& stack, void (*entry)()) {
+#ifdef DMM_EMU_ASAN
+  // A pooled stack keeps the redzones of the last fiber's frames (fibers never return).
+  ASAN_UNPOISON_MEMORY_REGION(stack.lo(), stack.size());
+#endif
+  auto** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack.lo()) + stack.size()) &
+                                        ~uintptr_t(15));
+  *--sp = nullptr;                            // entry starts as if called: rsp = 8 (mod 16)
+  *--sp = reinterpret_cast<void*>(entry);     // where the first switch returns to
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // rbp, rbx, r12-r15
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  *--sp = reinterpret_cast<void*>(uintptr_t(mxcsr) | uintptr_t(fpucw) << 32);
+  c.sp = sp;
+}
+#else
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+void make_context(Context& c, const Stack& stack, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack.lo();
+  c.uc.uc_stack.ss_size = stack.size();
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 // Back to the scheduler; `dying`: the fiber never runs again (ASan drops its fake stack).
 void switch_to_scheduler(Fiber* f, bool dying) {
   Block* b = tls_block;
@@ -247,7 +279,7 @@ void switch_to_scheduler(Fiber* f, bool dying) {
 #else
   (void)dying;
 #endif
-  swapcontext(&f->ctx, &b->sched);
+  switch_context(f->ctx, b->sched);
 #ifdef DMM_EMU_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
 #endif
@@ -275,14 +307,16 @@ void fiber_main() {
 
 void resume(Block* b, Fiber* f) {
   tls_fiber = f;
+  tls_in_kernel = true;
 #ifdef DMM_EMU_ASAN
   __sanitizer_start_switch_fiber(&b->sched_fake_stack, f->stack->lo(), f->stack->size());
 #endif
-  swapcontext(&b->sched, &f->ctx);
+  switch_context(b->sched, f->ctx);
 #ifdef DMM_EMU_ASAN
   __sanitizer_finish_switch_fiber(b->sched_fake_stack, nullptr, nullptr);
 #endif
   tls_fiber = nullptr;
+  tls_in_kernel = false;
 }
 
 // Where the fibers not yet past `skip` stand, grouped: "threads 0-63 exited; threads 64-127 wait at
@@ -340,6 +374,7 @@ std::string settle(Block& b) {
       f.state = Fiber::kRunnable;
       f.count = count;
     }
+    mem_barrier(b);
     b.next = all;
     return "";
   }
@@ -413,14 +448,11 @@ void run_block(Block& b) {
     f.stack = &pool.stacks[i];
     f.fake_stack = nullptr;
     f.pred = f.count = 0;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack->lo();
-    f.ctx.uc_stack.ss_size = f.stack->size();
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
+    make_context(f.ctx, *f.stack, fiber_main);
   }
   for (WarpState& w : b.warps) w = WarpState{};
   fill_dynamic_smem(b);
+  mem_block_begin(b);
   b.next.resize(b.n());
   for (int i = 0; i < b.n(); ++i) b.next[i] = i;
   std::vector<int> order;
@@ -514,6 +546,7 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t bits, int arg, int wid
   }
   // Last lane of the mask: exchange, wake the others.
   ws.active = false;
+  mem_warp_sync(b, w, mask);
   Fiber* lanes = &b.fibers[size_t(w) * kWarpSize];
   unsigned ballot = 0;
   for (int l = 0; l < kWarpSize; ++l)
@@ -604,6 +637,7 @@ void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t 
         b.fibers[i].linear = int(i);
       }
   b.warps.resize((size_t(threads) + kWarpSize - 1) / kWarpSize);
+  b.warp_gen.resize(b.warps.size());
 
   const uint64_t n_blocks = uint64_t(grid.x) * grid.y * grid.z;
   std::vector<uint64_t> order;
@@ -615,17 +649,21 @@ void launch(const void* kernel, const char* name, dim3 grid, dim3 block, size_t 
   }
   Block* const saved_block = tls_block;
   tls_block = &b;
+  mem_launch_begin(name, smem);
   for (uint64_t k = 0; k < n_blocks; ++k) {
     const uint64_t id = order.empty() ? k : order[k];
+    b.linear = id;
     b.idx = uint3{unsigned(id % grid.x), unsigned(id / grid.x % grid.y),
                   unsigned(id / (uint64_t(grid.x) * grid.y))};
     run_block(b);
     if (!b.error.empty()) {
+      mem_launch_end(false);
       tls_block = saved_block;
       throw Error(b.error);
     }
   }
   tls_block = saved_block;
+  mem_launch_end(true);  // throws when an output was not written in full
 }
 
 // ---- fp16 ------------------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ import os
 import h5py
 
 from .dataset import TrajectoryDataset, check_array, split_episodes
+from .install import interrupted_install, repair_hint
 from .scores import REFERENCE_RETURNS, task_family
 
 KEYS = {"observations": 2, "actions": 2, "rewards": (1, 2), "terminals": (1, 2), "timeouts": (1, 2)}
 
 # family -> (Gymnasium env id to evaluate in, reward_scale, target_return, max_ep_len).
-# Targets are the Decision Transformer ones (DESIGN.md section 3); ant has no published DT
+# Targets are the Decision Transformer ones (docs/ARCHITECTURE.md, "The paper's settings"); ant has no published DT
 # target, so it gets ~1.1x its expert return like hopper and walker2d. D4RL was recorded with
 # MuJoCo v2 envs; v5 is Gymnasium's maintained version with the same observation layout.
 # AntMaze has no Gymnasium env with D4RL's layout (gymnasium-robotics' AntMaze uses dict
@@ -92,6 +93,9 @@ def load_d4rl(name: str, min_tail_len: int = 10) -> TrajectoryDataset:
         path = os.path.join(cache, fname)
         if os.path.isfile(path):
             return load_hdf5(path, name=base, min_tail_len=min_tail_len)
+        interrupted = interrupted_install(cache, "hdf5", fname)
+        if interrupted is not None:
+            raise FileNotFoundError(f"d4rl:{name}: {repair_hint(interrupted)}")
     tried = ", ".join(os.path.join(cache, c) for c in candidates)
     raise FileNotFoundError(
         f"d4rl:{name}: not found (tried {tried}). This project never downloads: copy the D4RL "

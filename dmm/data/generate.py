@@ -1,4 +1,4 @@
-"""MuJoCo locomotion datasets made here the D4RL way (DESIGN.md section 5): `dmm datasets make ENV`.
+"""MuJoCo locomotion datasets made here the D4RL way (docs/ARCHITECTURE.md, "Datasets"): `dmm datasets make ENV`.
 
 D4RL built its locomotion data by training SAC online and saving what it saw. This module does
 the same on Gymnasium's MuJoCo v5 tasks with stable-baselines3's SAC, in stages that each leave
@@ -37,10 +37,8 @@ generator is not checkpointed), but every file it writes is self-consistent.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tarfile
 import time
 import warnings
@@ -52,8 +50,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dmm.optional import require
+
 from .d4rl import d4rl_cache_dir
-from .scores import REFERENCE_RETURNS, task_family
+from .install import sha256
+from .minari import minari_store_dir
+from .scores import REFERENCE_RETURNS
 
 # ---- the recipe (documented in README.md; changing it changes the data: bump RECIPE_VERSION) --
 
@@ -82,11 +84,22 @@ def work_root() -> Path:
 
 
 def task_of(env_id: str) -> str:
-    fam = task_family(env_id)
-    if fam is None or fam not in REFERENCE_RETURNS:
-        raise ValueError(f"{env_id}: no D4RL reference returns; `dmm datasets make` knows "
-                         + ", ".join(ENVS))
-    return fam
+    """'Hopper-v5' -> 'hopper'; a ValueError listing the supported envs for any other env."""
+    if env_id not in ENVS:
+        raise ValueError(f"{env_id!r} is not an env `dmm datasets make` supports; choose one of "
+                         f"{', '.join(ENVS)} (D4RL's locomotion tasks on Gymnasium's MuJoCo v5)")
+    return env_id.split("-")[0].lower()
+
+
+def check_can_make(env_id: str, kinds: list[str]) -> None:
+    """What `dmm datasets make` needs, checked before anything is imported or written: a
+    supported env, known dataset kinds, and the optional packages (SAC only past random)."""
+    task_of(env_id)
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"unknown dataset kind {k!r}; choose from {', '.join(KINDS)}")
+    needs = ["mujoco", "minari", "jax"] + ([] if kinds == ["random"] else ["stable_baselines3"])
+    require(needs, "dmm datasets make", " (or: pip install '.[datasets]')")
 
 
 def medium_threshold(env_id: str) -> float:
@@ -315,9 +328,7 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
 
 def default_out_dirs() -> tuple[Path, Path]:
     """(D4RL HDF5 folder, Minari store): the caches the loaders read by default."""
-
-    minari_root = os.environ.get("MINARI_DATASETS_PATH") or os.path.expanduser("~/.minari/datasets")
-    return Path(d4rl_cache_dir()), Path(minari_root)
+    return Path(d4rl_cache_dir()), Path(minari_store_dir())
 
 
 class _MinariStore:
@@ -504,6 +515,9 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
                   train_kwargs: dict | None = None) -> dict:
     """`dmm datasets make ENV`: train (or resume) SAC, then write every dataset of `kinds` that is
     not written yet (force: rewrite). Returns {kind: summary}."""
+    kinds = list(kinds) if kinds else (list(KINDS) if until == "expert" else
+                                       ["random", "medium", "medium-replay"])
+    check_can_make(env_id, kinds)
     from stable_baselines3 import SAC
 
     torch.set_num_threads(1)
@@ -514,11 +528,6 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     minari_dir = (Path(minari_dir) if minari_dir is not None else md).resolve()  # minari needs it
     log = work / "make.log"
     work.mkdir(parents=True, exist_ok=True)
-    kinds = list(kinds) if kinds else (list(KINDS) if until == "expert" else
-                                       ["random", "medium", "medium-replay"])
-    for k in kinds:
-        if k not in KINDS:
-            raise ValueError(f"unknown dataset kind {k!r}; choose from {', '.join(KINDS)}")
     if any(k in ("expert", "medium-expert") for k in kinds):
         until = "expert"
     t0 = time.perf_counter()
@@ -627,15 +636,6 @@ def minari_tarball_name(env_id: str, kind: str) -> str:
     return f"{task_of(env_id)}-{kind}-dmm-{DATASET_VERSION}-minari.tar.xz"
 
 
-def _sha256(path: Path) -> str:
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pack(env_id: str, out: Path, kinds) -> dict:
     """<out>/<task>-<kind>-dmm-v0-minari.tar.xz (the Minari dataset folder with its namespace
     files, paths relative to the store; fixed mtimes and owners) for each kind, and
@@ -668,9 +668,9 @@ def pack(env_id: str, out: Path, kinds) -> dict:
         with __import__("h5py").File(h5, "r") as f:
             meta = json.loads(f.attrs["dmm_metadata"])
         manifest[f"{task}-{kind}"] = {
-            "minari_id": mid, "minari_tarball": tgz.name, "minari_sha256": _sha256(tgz),
+            "minari_id": mid, "minari_tarball": tgz.name, "minari_sha256": sha256(tgz),
             "minari_tarball_bytes": tgz.stat().st_size,
-            "hdf5": f"d4rl/{h5.name}", "hdf5_sha256": _sha256(h5), "hdf5_bytes": h5.stat().st_size,
+            "hdf5": f"d4rl/{h5.name}", "hdf5_sha256": sha256(h5), "hdf5_bytes": h5.stat().st_size,
             "episodes": meta["behaviour"]["episodes"], "steps": meta["behaviour"]["steps"],
             "return_mean": meta["behaviour"]["return_mean"],
             "return_std": meta["behaviour"]["return_std"],
@@ -680,28 +680,3 @@ def pack(env_id: str, out: Path, kinds) -> dict:
             "recipe_version": meta["recipe_version"], "seed": meta["seed"]}
     _atomic_json(manifest_path, manifest)
     return manifest
-
-
-def install_shipped(src: Path, d4rl_dir: Path | None = None, minari_dir: Path | None = None,
-                    verify: bool = True) -> list[str]:
-    """Copy the shipped HDF5 files of <src>/MANIFEST.json into the D4RL cache and unpack the
-    Minari tarballs into the Minari store (defaults: the caches the loaders read)."""
-
-    src = Path(src)
-    dd, md = default_out_dirs()
-    d4rl_dir, minari_dir = Path(d4rl_dir or dd), Path(minari_dir or md)
-    manifest = json.loads((src / "MANIFEST.json").read_text())
-    done = []
-    for name, m in manifest.items():
-        h5, tgz = src / m["hdf5"], src / m["minari_tarball"]
-        if verify:
-            for path, want in ((h5, m["hdf5_sha256"]), (tgz, m["minari_sha256"])):
-                if _sha256(path) != want:
-                    raise ValueError(f"{path}: sha256 differs from MANIFEST.json")
-        d4rl_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(h5, d4rl_dir / h5.name)
-        minari_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(tgz, "r:xz") as tar:
-            tar.extractall(minari_dir, filter="data")
-        done.append(name)
-    return done

@@ -6,25 +6,22 @@ included); the last is dropped so every step has (observation, action, reward).
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 
+from dmm.optional import import_optional
+
 from .d4rl import TASKS
 from .dataset import TrajectoryDataset
+from .install import interrupted_install, repair_hint
 from .scores import REFERENCE_RETURNS, task_family
 
 
-def _import_minari():
-    """The optional minari package, imported on first use (the one import inside a function:
-    the package is an optional dependency, and its absence must not break `import dmm.data`)."""
-    try:
-        import minari
-    except ImportError as e:
-        raise ImportError(
-            "reading 'minari:' datasets needs the minari package: pip install minari "
-            "(or use a D4RL .hdf5 file, a native .npz, or an embedded dataset)"
-        ) from e
-    return minari
+def minari_store_dir() -> str:
+    return os.environ.get("MINARI_DATASETS_PATH") or os.path.expanduser("~/.minari/datasets")
 
 
 def _flat_observations(obs, space, source: str) -> np.ndarray:
@@ -51,16 +48,33 @@ def _action_scale(space, source: str) -> float:
     return 1.0
 
 
-def load_minari(dataset_id: str) -> TrajectoryDataset:
-    minari = _import_minari()
-    source = f"minari:{dataset_id}"
+def _open(minari, dataset_id: str, source: str):
+    """minari.load_dataset, with the errors of an absent, half-installed or damaged dataset as
+    one line that says what to do."""
+    store = Path(minari_store_dir())
+    interrupted = interrupted_install(store, "minari_id", dataset_id)
+    if interrupted is not None:
+        raise ValueError(f"{source}: {repair_hint(interrupted)}")
     try:
-        data = minari.load_dataset(dataset_id, download=False)
+        return minari.load_dataset(dataset_id, download=False)
     except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"{source}: not in the local Minari store ({e}). This project never downloads: "
-            "run `minari download <id>` yourself or set MINARI_DATASETS_PATH"
-        ) from e
+        if not (store / dataset_id).exists():
+            raise FileNotFoundError(
+                f"{source}: not in the local Minari store {store}. This project never downloads: "
+                "run `minari download <id>` yourself or set MINARI_DATASETS_PATH") from e
+        why = e
+    except (OSError, ValueError, KeyError) as e:  # h5py / json errors of damaged files
+        why = e
+    raise ValueError(f"{source}: the dataset in {store / dataset_id} is incomplete or damaged "
+                     f"({type(why).__name__}: {why}); delete that folder and install or make it "
+                     "again (shipped datasets: dmm datasets install DIR)")
+
+
+def load_minari(dataset_id: str) -> TrajectoryDataset:
+    minari = import_optional("minari", "reading 'minari:' datasets",
+                             " (or use a D4RL .hdf5 file, a native .npz or an embedded dataset)")
+    source = f"minari:{dataset_id}"
+    data = _open(minari, dataset_id, source)
     scale = _action_scale(data.action_space, source)
     episodes = []
     for ep in data.iterate_episodes():

@@ -1,6 +1,6 @@
 """Normalized score: 100 * (return - random) / (expert - random).
 
-D4RL tasks use D4RL's reference returns (DESIGN.md section 5); the embedded datasets use the
+D4RL tasks use D4RL's reference returns (docs/ARCHITECTURE.md, "Evaluation and normalized score"); the embedded datasets use the
 project's own measured references (dmm.data.embedded).
 """
 from __future__ import annotations

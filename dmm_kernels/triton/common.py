@@ -1,8 +1,13 @@
 """Element-wise math shared by the Triton kernels, in core `tl` operations only: libdevice
 functions do not run under TRITON_INTERPRET=1, and bf16 / fp16 values are upcast before any
 arithmetic (the interpreter computes bf16 arithmetic wrongly)."""
+import os
+
 import triton
 import triton.language as tl
+
+# Triton's interpreter runs the kernels (on CPU tensors): one autotuning configuration, no timing.
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
 @triton.jit

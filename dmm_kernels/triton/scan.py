@@ -1,181 +1,295 @@
-"""Selective scan in Triton: forward and backward, for both layouts the package uses.
+"""Selective scan in Triton: a chunked parallel scan over tiles [channels, chunk of time].
 
-One program owns one batch row and BLOCK_E channels of one B/C group, with the (BLOCK_E, N)
-state in registers, and walks time step by step. Every tensor is addressed through its strides,
-so the op's (batch, E, L) layout, the block's (batch, L, E) layout and non-contiguous views need
-no copies. The block's form also folds in dt_proj (delta = round(W_dt @ dt_low) before the bias
-and softplus), as csrc/cuda/block_kernels.cuh does.
+Each program owns BLOCK_E channels of one batch row (and group) and walks L in chunks of CHUNK
+steps. Per chunk it loads the [BLOCK_E, CHUNK] tiles of u, delta (and z, dout) once, contiguous
+along whichever of L or E is contiguous in memory, and for each state n runs the recurrence
+s_t = exp(delta_t A_n) s_{t-1} + delta_t u_t B_t[n] as tl.associative_scan over the chunk; the
+state entering the next chunk stays in registers. exp is exp2 with A pre-scaled by log2(e).
 
-Backward (recompute, nothing of size (batch, E, L, N) is stored): a forward pass saves the state
-entering each chunk of CHUNK steps; then the chunks run in reverse: recompute the chunk's states
-into a per-program scratch, walk the adjoint recursion
-    h_t = g_t C_t + exp(delta_{t+1} A) h_{t+1}
-backwards, and write du, ddelta, dz directly. dA, dD, ddelta_bias (per batch row) and dB, dC
-(per channel block) are written as partial sums that the host adds up: deterministic, no atomics.
+The backward first recomputes the state entering every chunk (one forward pass over the chunk
+totals, tl.reduce, into a (batch, chunks, E, N) buffer: no per-step state is ever stored), then
+walks the chunks in reverse: the chunk's states again by a forward scan from its entry state,
+the adjoint h_t = dy_t C_t + exp(delta_{t+1} A) h_{t+1} by a reverse scan, dA / dD / dbias
+reduced in registers, dB / dC reduced over the program's channels per chunk. du, ddelta and dz are
+written in their final dtype.
+
+Tile sizes and warps are autotuned per (batch, E, L, N, layout) on the GPU (one configuration
+under the interpreter); each choice is logged to the "dmm_kernels.triton" logger at INFO and
+`tuned_configs()` lists them.
+
+Layouts: "bel", the op's (batch, E, L), any strides; "ble", the block's (batch, L, E), where delta
+may be dt_low (batch, L, R) with dt_proj_weight (E, R) folded in.
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import triton
 import triton.language as tl
 
-from dmm_kernels.triton.common import sigmoid, softplus
+from dmm_kernels.triton import interpret
+from dmm_kernels.triton.common import INTERPRETING, sigmoid, softplus
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+if INTERPRETING:
+    interpret.install()
+
+
+# ---- autotuning -------------------------------------------------------------------------------
+def _config(block_e, chunk, warps, vec=8, stages=1):
+    """A tile of BLOCK_E channels x CHUNK steps, VEC consecutive steps per thread."""
+    return triton.Config({"BLOCK_E": block_e, "CHUNK": chunk, "VEC": vec}, num_warps=warps,
+                         num_stages=stages)
+
+
+# The interpreter runs one configuration (autotuning would time it on a GPU); its CHUNK of 64 puts
+# chunk edges at the tests' L = 63 / 64 / 65 / 4097.
+INTERPRETER_CONFIGS = [_config(16, 64, 4)]
+# Tile elements per thread: 8 in the forward (~200 registers, no spills at 4 or 8 warps), 4 in the
+# backward, which holds ~20 chunk tiles per state (~240 registers; at 8 it spills). At most 8
+# warps: more would cap the registers at 65536 / threads and spill.
+FWD_CONFIGS = [_config(32, 32, 4), _config(16, 64, 4), _config(64, 32, 8), _config(32, 64, 8)]
+BWD_CONFIGS = [_config(16, 32, 4), _config(32, 32, 8), _config(16, 64, 8)]
+TUNING_KEY = ["batch", "E", "L", "N", "T_CONTIG"]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles much larger than the problem (a 128-channel tile for 5 channels), keeping the
+    smallest when none fits."""
+    e_cap = max(16, triton.next_power_of_2(named_args["group_size"]))
+    l_cap = max(16, triton.next_power_of_2(named_args["L"]))
+    kept = [c for c in configs if c.kwargs["BLOCK_E"] <= e_cap and c.kwargs["CHUNK"] <= l_cap]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_E"] * c.kwargs["CHUNK"])]
+
+
+def _autotune(configs):
+    return triton.autotune(configs=INTERPRETER_CONFIGS if INTERPRETING else configs, key=TUNING_KEY,
+                           prune_configs_by={"early_config_prune": _prune})
+
+
+# ---- device helpers ----------------------------------------------------------------------------
+@triton.jit
+def _linear(a1, b1, a2, b2):
+    """(a1, b1) then (a2, b2): s -> a2 (a1 s + b1) + b2."""
+    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
-def _channels(A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D: tl.constexpr,
-              HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
-              ACC: tl.constexpr):
-    """This program's group g, channels e (BLOCK_E of one group), states n, their masks, and the
-    per-channel parameters: A (BLOCK_E, BLOCK_N), D, delta_bias (0 where absent)."""
-    g = tl.program_id(1) // blocks_per_group
-    e_in_group = (tl.program_id(1) % blocks_per_group) * BLOCK_E + tl.arange(0, BLOCK_E)
-    e = g * group_size + e_in_group
+def _adjoint(f_late, p_late, s_late, f_early, p_early, s_early):
+    """Segments of h_t = c_t + a_{t+1} h_{t+1}, combined in reverse time (later one first):
+    f = a of the segment's first step, p = product of its other a's, s = its h with h after it 0."""
+    m = p_early * f_late
+    return f_early, m * p_late, s_early + m * s_late
+
+
+@triton.jit
+def _program(batch, n_groups, group_size, BLOCK_E: tl.constexpr):
+    """Program -> (batch row b (int64), group g, channel block j, channels e, their mask); channel
+    blocks vary fastest so programs sharing B / C run side by side."""
+    pid = tl.program_id(0)
+    per_group = tl.cdiv(group_size, BLOCK_E)
+    j = pid % per_group
+    g = (pid // per_group) % n_groups
+    b = (pid // (per_group * n_groups)).to(tl.int64)
+    e_in = j * BLOCK_E + tl.arange(0, BLOCK_E)
+    return b, g, j, g * group_size + e_in, e_in < group_size
+
+
+@triton.jit
+def _chunk_delta(delta_base, e, mask_e, t, m_et, mask_t, w_dt_ptr, dbias, s_de, s_dt, s_dr, R,
+                 HAS_DT_PROJ: tl.constexpr, SOFTPLUS: tl.constexpr, ACT: tl.constexpr,
+                 ACC: tl.constexpr):
+    """raw = delta + bias and dt = softplus(raw) on a [BLOCK_E, CHUNK] tile; dt is 0 outside the
+    tile's valid steps, so a step past L has decay 1 and drive 0 and carries the state through.
+    With HAS_DT_PROJ delta is dt_low and the tile is round(W_dt @ dt_low) (the block's dt_proj)."""
+    if HAS_DT_PROJ:  # rank-1 updates over R: no (BLOCK_E, R, CHUNK) product tile in registers
+        raw = tl.zeros(m_et.shape, dtype=ACC)
+        for r in range(R):
+            w = tl.load(w_dt_ptr + e * R + r, mask=mask_e, other=0.0).to(ACT).to(ACC)  # (BLOCK_E,)
+            low = tl.load(delta_base + r * s_dr + t * s_dt, mask=mask_t, other=0.0).to(ACC)  # (CHUNK,)
+            raw += w[:, None] * low[None, :]
+        raw = raw.to(ACT).to(ACC)
+    else:
+        raw = tl.load(delta_base + e[:, None] * s_de + t[None, :] * s_dt, mask=m_et, other=0.0).to(ACC)
+    raw = raw + dbias[:, None]
+    dt = softplus(raw) if SOFTPLUS else raw
+    return raw, tl.where(m_et, dt, 0.0)
+
+
+@triton.jit
+def _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+            BLOCK_N: tl.constexpr, ACC: tl.constexpr):
+    """States n, the [channels, states] mask, A * log2(e) (0 past N: such a state decays by 1,
+    is driven by 0 and stays 0), D and delta_bias (0 where absent)."""
     n = tl.arange(0, BLOCK_N)
-    mask_e = e_in_group < group_size
-    mask_n = n < N
-    mask_en = mask_e[:, None] & mask_n[None, :]
-    a = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
+    mask_en = mask_e[:, None] & (n < N)[None, :]
+    a2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC) * LOG2E
     dskip = tl.load(D_ptr + e, mask=mask_e & HAS_D, other=0.0).to(ACC)
     dbias = tl.load(bias_ptr + e, mask=mask_e & HAS_BIAS, other=0.0).to(ACC)
-    return g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias
+    return n, mask_en, a2, dskip, dbias
 
 
 @triton.jit
+def _column(tile, sel):
+    """Column i of a [channels, states] tile (sel: n == i) as a (channels,) vector."""
+    return tl.sum(tl.where(sel, tile, 0.0), axis=1)
+
+
+# ---- forward -----------------------------------------------------------------------------------
+@_autotune(FWD_CONFIGS)
+@triton.jit
 def scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dt_w_ptr,
-    out_ptr, last_ptr, chunk_ptr,
-    E, L, N, R, group_size, blocks_per_group, n_chunks,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dt_w_ptr, out_ptr, last_ptr,
+    batch, E, L, N, R, n_groups, group_size,
     s_ub, s_ue, s_ut, s_db, s_de, s_dt, s_dr, s_bb, s_bg, s_bn, s_bt, s_cb, s_cg, s_cn, s_ct,
     s_zb, s_ze, s_zt, s_ob, s_oe, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DT_PROJ: tl.constexpr, WRITE_OUT: tl.constexpr, SAVE_CHUNKS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ACC: tl.constexpr,
+    HAS_DT_PROJ: tl.constexpr, T_CONTIG: tl.constexpr, BLOCK_N: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+    VEC: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias = _channels(
-        A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, ACC)
-    r = tl.arange(0, BLOCK_R)
-    if HAS_DT_PROJ:  # W_dt (E, R), resident for the whole walk
-        w_dt = tl.load(dt_w_ptr + e[:, None] * R + r[None, :], mask=mask_e[:, None] & (r[None, :] < R),
-                       other=0.0).to(ACC)
-    s = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
-    for t in range(L):
-        if HAS_DT_PROJ:  # delta = round(W_dt @ dt_low_t), dt_low_t = delta[b, t, :R]
-            low = tl.load(delta_ptr + b * s_db + t * s_dt + r * s_dr, mask=r < R, other=0.0).to(ACC)
-            dt = tl.sum(w_dt * low[None, :], axis=1).to(out_ptr.dtype.element_ty).to(ACC)
-        else:
-            dt = tl.load(delta_ptr + b * s_db + e * s_de + t * s_dt, mask=mask_e, other=0.0).to(ACC)
-        dt = dt + dbias
-        if SOFTPLUS:
-            dt = softplus(dt)
-        x = tl.load(u_ptr + b * s_ub + e * s_ue + t * s_ut, mask=mask_e, other=0.0).to(ACC)
-        Bt = tl.load(B_ptr + b * s_bb + g * s_bg + n * s_bn + t * s_bt, mask=mask_n, other=0.0).to(ACC)
-        s = tl.exp(dt[:, None] * a) * s + (dt * x)[:, None] * Bt[None, :]
-        if SAVE_CHUNKS:
-            if (t + 1) % CHUNK == 0:
-                k = (t + 1) // CHUNK
-                tl.store(chunk_ptr + ((b * E + e[:, None]) * n_chunks + k) * N + n[None, :], s,
-                         mask=mask_en & (k < n_chunks))
-        if WRITE_OUT:
-            Ct = tl.load(C_ptr + b * s_cb + g * s_cg + n * s_cn + t * s_ct, mask=mask_n,
-                         other=0.0).to(ACC)
-            y = tl.sum(s * Ct[None, :], axis=1) + dskip * x
-            if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zt, mask=mask_e, other=0.0).to(ACC)
-                y = y * zz * sigmoid(zz)
-            tl.store(out_ptr + b * s_ob + e * s_oe + t * s_ot, y, mask=mask_e)
-    if WRITE_OUT:
-        tl.store(last_ptr + (b * E + e[:, None]) * N + n[None, :], s, mask=mask_en)
+    """out (batch, E, L) or (batch, L, E) per out's strides, in out's dtype; last (batch, E, N)."""
+    b, g, j, e, mask_e = _program(batch, n_groups, group_size, BLOCK_E)
+    ACT: tl.constexpr = out_ptr.dtype.element_ty
+    # The states stay a loop, not an unrolled tuple: unrolled, every state's chunk tiles are live
+    # at once and spill. State i of the carry is column i of a [channels, states] tile.
+    n, mask_en, a2, dskip, dbias = _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D, HAS_BIAS,
+                                           BLOCK_N, ACC)
+    state = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
+    u_base, d_base, z_base = u_ptr + b * s_ub, delta_ptr + b * s_db, z_ptr + b * s_zb
+    b_base, c_base = B_ptr + b * s_bb + g * s_bg, C_ptr + b * s_cb + g * s_cg
+    tt = tl.max_contiguous(tl.arange(0, CHUNK), VEC)  # VEC steps per thread: registers per tile
+    last_step = tt[None, :] == CHUNK - 1
+    for c0 in range(0, L, CHUNK):
+        t = c0 + tt
+        mask_t = t < L
+        m_et = mask_e[:, None] & mask_t[None, :]
+        _, dt = _chunk_delta(d_base, e, mask_e, t, m_et, mask_t, dt_w_ptr, dbias, s_de, s_dt, s_dr,
+                             R, HAS_DT_PROJ, SOFTPLUS, ACT, ACC)
+        x = tl.load(u_base + e[:, None] * s_ue + t[None, :] * s_ut, mask=m_et, other=0.0).to(ACC)
+        dtu = dt * x
+        y = dskip[:, None] * x
+        for i in range(N):
+            sel = n[None, :] == i
+            Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
+            Ci = tl.load(c_base + i * s_cn + t * s_ct, mask=mask_t, other=0.0).to(ACC)
+            decay = tl.exp2(dt * _column(a2, sel)[:, None])
+            pa, pb = tl.associative_scan((decay, dtu * Bi[None, :]), 1, _linear)
+            s = pa * _column(state, sel)[:, None] + pb                     # (BLOCK_E, CHUNK)
+            y += s * Ci[None, :]
+            state = tl.where(sel, tl.sum(tl.where(last_step, s, 0.0), axis=1)[:, None], state)
+        if HAS_Z:
+            zz = tl.load(z_base + e[:, None] * s_ze + t[None, :] * s_zt, mask=m_et, other=0.0).to(ACC)
+            y = y * zz * sigmoid(zz)
+        tl.store(out_ptr + b * s_ob + e[:, None] * s_oe + t[None, :] * s_ot, y.to(ACT), mask=m_et)
+    tl.store(last_ptr + (b * E + e[:, None]) * N + n[None, :], state, mask=mask_en)
 
 
+# ---- backward ----------------------------------------------------------------------------------
+@_autotune(BWD_CONFIGS)
 @triton.jit
 def scan_bwd_kernel(
     dout_ptr, u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, chunk_ptr, scratch_ptr,
-    E, L, N, group_size, blocks_per_group, n_chunks,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, entry_ptr,
+    batch, E, L, N, n_groups, group_size, max_chunks, max_blocks,
     s_ub, s_ue, s_ut, s_db, s_de, s_dt, s_bb, s_bg, s_bn, s_bt, s_cb, s_cg, s_cn, s_ct,
     s_zb, s_ze, s_zt, s_gb, s_ge, s_gt,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr,
+    T_CONTIG: tl.constexpr, BLOCK_N: tl.constexpr, ACC: tl.constexpr, BLOCK_E: tl.constexpr,
+    CHUNK: tl.constexpr, VEC: tl.constexpr,
 ):
-    """Outputs: du, ddelta, dz (batch, E, L) contiguous; dA (batch, E, N), dD / dbias (batch, E)
-    per batch row; dB, dC (batch, G, blocks_per_group, N, L) per channel block."""
-    b = tl.program_id(0)
-    blk = tl.program_id(1)
-    g, e, n, mask_e, mask_n, mask_en, a, dskip, dbias = _channels(
-        A_ptr, D_ptr, bias_ptr, N, group_size, blocks_per_group, HAS_D, HAS_BIAS, BLOCK_E, BLOCK_N, ACC)
-    # This program's scratch: (CHUNK, BLOCK_E, BLOCK_N) states of the current chunk.
-    scratch = scratch_ptr + (b * tl.num_programs(1) + blk) * (CHUNK * BLOCK_E * BLOCK_N)
-    sc_off = tl.arange(0, BLOCK_E)[:, None] * BLOCK_N + n[None, :]
-    partial = (b * tl.num_programs(1) + blk) * N  # row of the dB / dC partials (times L)
+    """du, ddelta, dz (batch, E, L) contiguous in u's / delta's / z's dtype; per batch row dA
+    (batch, E, N), dD / dbias (batch, E); per channel block dB, dC (batch, G, max_blocks, N, L).
+    entry (batch, max_chunks, E, N): the state entering each chunk (chunk 0's is never stored)."""
+    b, g, j, e, mask_e = _program(batch, n_groups, group_size, BLOCK_E)
+    n, mask_en, a2, dskip, dbias = _params(A_ptr, D_ptr, bias_ptr, e, mask_e, N, HAS_D, HAS_BIAS,
+                                           BLOCK_N, ACC)
+    u_base, d_base, z_base, g_base = u_ptr + b * s_ub, delta_ptr + b * s_db, z_ptr + b * s_zb, dout_ptr + b * s_gb
+    b_base, c_base = B_ptr + b * s_bb + g * s_bg, C_ptr + b * s_cb + g * s_cg
+    entry_base = entry_ptr + b * max_chunks * E * N + e[:, None] * N
+    part = ((b * n_groups + g) * max_blocks + j) * N * L  # this program's dB / dC rows
+    tt = tl.max_contiguous(tl.arange(0, CHUNK), VEC)  # VEC steps per thread: registers per tile
+    n_chunks = tl.cdiv(L, CHUNK)
 
-    hn = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
+    # 1. The state entering chunks 1 .. n_chunks - 1, from each chunk's total (a, b) pair.
+    state = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
+    for k in range(n_chunks - 1):
+        t = k * CHUNK + tt
+        mask_t = t < L
+        m_et = mask_e[:, None] & mask_t[None, :]
+        _, dt = _chunk_delta(d_base, e, mask_e, t, m_et, mask_t, A_ptr, dbias, s_de, s_dt, 0, 0,
+                             False, SOFTPLUS, ACC, ACC)
+        dtu = dt * tl.load(u_base + e[:, None] * s_ue + t[None, :] * s_ut, mask=m_et, other=0.0).to(ACC)
+        for i in range(N):
+            sel = n[None, :] == i
+            Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
+            a2_i = _column(a2, sel)
+            ta, tb = tl.reduce((tl.exp2(dt * a2_i[:, None]), dtu * Bi[None, :]), 1, _linear)
+            state = tl.where(sel, ta[:, None] * state + tb[:, None], state)
+        tl.store(entry_base + (k + 1) * E * N + n[None, :], state, mask=mask_en)
+    tl.debug_barrier()  # the entries are read back by other threads of this program
+
+    # 2. The chunks in reverse. carry[:, i] = a_t0 h_t0 of the chunk after the current one.
+    carry = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
     dA = tl.zeros((BLOCK_E, BLOCK_N), dtype=ACC)
     dD = tl.zeros((BLOCK_E,), dtype=ACC)
     dbias_sum = tl.zeros((BLOCK_E,), dtype=ACC)
+    ones = tl.full((BLOCK_E, CHUNK), 1.0, ACC)
+    first_step = tt[None, :] == 0
     for kk in range(n_chunks):
-        t0 = (n_chunks - 1 - kk) * CHUNK
-        s0 = tl.load(chunk_ptr + ((b * E + e[:, None]) * n_chunks + t0 // CHUNK) * N + n[None, :],
-                     mask=mask_en & (t0 > 0), other=0.0).to(ACC)
-        # Recompute the chunk's states into the scratch (steps past L are never read back).
-        s = s0
-        for i in range(CHUNK):
-            t = t0 + i
-            m_e = mask_e & (t < L)
-            dt = tl.load(delta_ptr + b * s_db + e * s_de + t * s_dt, mask=m_e, other=0.0).to(ACC) + dbias
-            if SOFTPLUS:
-                dt = softplus(dt)
-            x = tl.load(u_ptr + b * s_ub + e * s_ue + t * s_ut, mask=m_e, other=0.0).to(ACC)
-            Bt = tl.load(B_ptr + b * s_bb + g * s_bg + n * s_bn + t * s_bt, mask=mask_n & (t < L),
-                         other=0.0).to(ACC)
-            s = tl.exp(dt[:, None] * a) * s + (dt * x)[:, None] * Bt[None, :]
-            tl.store(scratch + i * (BLOCK_E * BLOCK_N) + sc_off, s)
-        tl.debug_barrier()
-        # Walk the chunk backwards; a step past L leaves hn, dA and the sums unchanged.
-        for ii in range(CHUNK):
-            i = CHUNK - 1 - ii
-            t = t0 + i
-            valid = t < L
-            m_e = mask_e & valid
-            m_n = mask_n & valid
-            raw = tl.load(delta_ptr + b * s_db + e * s_de + t * s_dt, mask=m_e, other=0.0).to(ACC) + dbias
-            dt = raw
-            if SOFTPLUS:
-                dt = softplus(raw)
-            dt = tl.where(m_e, dt, 0.0)
-            x = tl.load(u_ptr + b * s_ub + e * s_ue + t * s_ut, mask=m_e, other=0.0).to(ACC)
-            Bt = tl.load(B_ptr + b * s_bb + g * s_bg + n * s_bn + t * s_bt, mask=m_n, other=0.0).to(ACC)
-            Ct = tl.load(C_ptr + b * s_cb + g * s_cg + n * s_cn + t * s_ct, mask=m_n, other=0.0).to(ACC)
-            dy = tl.load(dout_ptr + b * s_gb + e * s_ge + t * s_gt, mask=m_e, other=0.0).to(ACC)
-            s_t = tl.load(scratch + i * (BLOCK_E * BLOCK_N) + sc_off).to(ACC)
-            s_prev = tl.load(scratch + (i - 1) * (BLOCK_E * BLOCK_N) + sc_off, mask=(i > 0) & mask_en,
-                             other=0.0).to(ACC)
-            s_prev = tl.where(i > 0, s_prev, s0)
-            gg = dy
-            if HAS_Z:
-                zz = tl.load(z_ptr + b * s_zb + e * s_ze + t * s_zt, mask=m_e, other=0.0).to(ACC)
-                sg = sigmoid(zz)
-                y = tl.sum(s_t * Ct[None, :], axis=1) + dskip * x
-                gg = dy * zz * sg
-                tl.store(dz_ptr + (b * E + e) * L + t, dy * y * sg * (1.0 + zz * (1.0 - sg)), mask=m_e)
-            decay = tl.exp(dt[:, None] * a)
-            h = tl.where(mask_en, gg[:, None] * Ct[None, :] + hn, 0.0)
-            tl.store(dC_ptr + (partial + n) * L + t, tl.sum(gg[:, None] * s_t, axis=0), mask=m_n)
-            tl.store(dB_ptr + (partial + n) * L + t, tl.sum(h * (dt * x)[:, None], axis=0), mask=m_n)
-            ddt = tl.sum(h * (a * decay * s_prev + Bt[None, :] * x[:, None]), axis=1)
-            if SOFTPLUS:
-                ddt = ddt * tl.where(raw <= 20.0, sigmoid(raw), 1.0)
-            ddt = tl.where(m_e, ddt, 0.0)
-            dx = tl.sum(h * Bt[None, :], axis=1) * dt + dskip * gg
-            dA += h * dt[:, None] * decay * s_prev
-            hn = h * decay
-            tl.store(du_ptr + (b * E + e) * L + t, dx, mask=m_e)
-            tl.store(ddelta_ptr + (b * E + e) * L + t, ddt, mask=m_e)
-            dD += gg * x
-            dbias_sum += ddt
-        tl.debug_barrier()
+        k = n_chunks - 1 - kk
+        t = k * CHUNK + tt
+        mask_t = t < L
+        m_et = mask_e[:, None] & mask_t[None, :]
+        raw, dt = _chunk_delta(d_base, e, mask_e, t, m_et, mask_t, A_ptr, dbias, s_de, s_dt, 0, 0,
+                               False, SOFTPLUS, ACC, ACC)
+        # d softplus / d raw, and dz / y: the factors applied after the states' loop
+        dsp = tl.where(raw <= 20.0, sigmoid(raw), 1.0) if SOFTPLUS else 1.0
+        x = tl.load(u_base + e[:, None] * s_ue + t[None, :] * s_ut, mask=m_et, other=0.0).to(ACC)
+        gg = tl.load(g_base + e[:, None] * s_ge + t[None, :] * s_gt, mask=m_et, other=0.0).to(ACC)
+        if HAS_Z:  # gg: d out / d (y before the gate)
+            zz = tl.load(z_base + e[:, None] * s_ze + t[None, :] * s_zt, mask=m_et, other=0.0).to(ACC)
+            sg = sigmoid(zz)
+            dz_dy = gg * sg * (1.0 + zz * (1.0 - sg))
+            gg = gg * zz * sg
+        dtu = dt * x
+        y = dskip[:, None] * x
+        hB = tl.zeros((BLOCK_E, CHUNK), dtype=ACC)   # sum_n h B
+        hAs = tl.zeros((BLOCK_E, CHUNK), dtype=ACC)  # sum_n A h a_t s_{t-1}
+        for i in range(N):
+            sel = n[None, :] == i
+            Bi = tl.load(b_base + i * s_bn + t * s_bt, mask=mask_t, other=0.0).to(ACC)
+            Ci = tl.load(c_base + i * s_cn + t * s_ct, mask=mask_t, other=0.0).to(ACC)
+            s_entry = tl.load(entry_base + k * E * N + i, mask=mask_e[:, None] & (k > 0), other=0.0)
+            a2_i = _column(a2, sel)
+            decay = tl.exp2(dt * a2_i[:, None])
+            drive = dtu * Bi[None, :]
+            pa, pb = tl.associative_scan((decay, drive), 1, _linear)
+            s = pa * s_entry.to(ACC) + pb                                  # s_t
+            y += s * Ci[None, :]
+            # h_t = gg_t C_t + decay_{t+1} h_{t+1}: a forward scan over the flipped chunk (Triton's
+            # reverse scan costs ~15 shuffles per element more than flip + scan + flip).
+            _, p, h0 = tl.associative_scan((tl.flip(decay, 1), ones, tl.flip(gg * Ci[None, :], 1)), 1, _adjoint)
+            h = tl.flip(h0 + p * tl.sum(tl.where(sel, carry, 0.0), axis=1)[:, None], 1)  # dloss/ds_t
+            carry = tl.where(sel, tl.sum(tl.where(first_step, decay * h, 0.0), axis=1)[:, None], carry)
+            hs = h * (s - drive)                                          # h a_t s_{t-1}
+            hB += h * Bi[None, :]
+            hAs += (a2_i * LN2)[:, None] * hs
+            dA += tl.where(sel, tl.sum(dt * hs, axis=1)[:, None], 0.0)
+            # state i's row of this program's dB / dC partials, reduced over its channels
+            tl.store(dB_ptr + part + i * L + t, tl.sum(h * dtu, axis=0), mask=mask_t)
+            tl.store(dC_ptr + part + i * L + t, tl.sum(gg * s, axis=0), mask=mask_t)
+        ddt = tl.where(m_et, (hB * x + hAs) * dsp, 0.0)
+        out_offs = (b * E + e[:, None]) * L + t[None, :]
+        tl.store(du_ptr + out_offs, (hB * dt + dskip[:, None] * gg).to(du_ptr.dtype.element_ty), mask=m_et)
+        tl.store(ddelta_ptr + out_offs, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_et)
+        if HAS_Z:
+            tl.store(dz_ptr + out_offs, (y * dz_dy).to(dz_ptr.dtype.element_ty), mask=m_et)
+        dD += tl.sum(gg * x, axis=1)
+        dbias_sum += tl.sum(ddt, axis=1)
     tl.store(dA_ptr + (b * E + e[:, None]) * N + n[None, :], dA, mask=mask_en)
     tl.store(dD_ptr + b * E + e, dD, mask=mask_e & HAS_D)
     tl.store(dbias_ptr + b * E + e, dbias_sum, mask=mask_e & HAS_BIAS)
@@ -197,103 +311,134 @@ def _bc_strides(t):
     return (t.stride(0), 0, t.stride(1), t.stride(2)) if t.dim() == 3 else t.stride()
 
 
-def _blocks(E, n_groups, N):
-    group_size = E // n_groups
-    block_e = min(32, triton.next_power_of_2(group_size))
-    return group_size, block_e, triton.cdiv(group_size, block_e), triton.next_power_of_2(N)
+def _grid(batch, n_groups, group_size):
+    return lambda meta: (batch * n_groups * triton.cdiv(group_size, meta["BLOCK_E"]),)
+
+
+def _smallest(configs, name):
+    return min(c.kwargs[name] for c in configs)
+
+
+_log = logging.getLogger("dmm_kernels.triton")
+_logged: set = set()
+
+
+def _log_choice(kernel):
+    """Log each configuration the autotuner picks, once per tuning key."""
+    for key, config in kernel.cache.items():
+        if (kernel.base_fn.__name__, key) not in _logged:
+            _logged.add((kernel.base_fn.__name__, key))
+            _log.info("%s: autotuned %s for (batch, E, L, N, T_CONTIG, dtypes) = %s",
+                      kernel.base_fn.__name__, config, key)
+
+
+def _launcher(kernel, config):
+    """The autotuned kernel, or (config given: tests, reports) the plain kernel with that
+    configuration's meta-parameters."""
+    return (kernel, {}) if config is None else (kernel.fn, config.all_kwargs())
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, layout="bel",
-             dt_proj_weight=None, out_dtype=None, chunk_states=None, chunk=None):
+             dt_proj_weight=None, out_dtype=None, config=None):
     """out, last_state of the selective scan.
 
     layout "bel": u, delta, z (batch, E, L), the op's layout; "ble": (batch, L, E), the block's,
     where `delta` may be dt_low (batch, L, R) with dt_proj_weight (E, R) folded in. B, C:
-    (batch, [G,] N, L) in "bel", (batch, L, N) views in "ble". chunk_states (batch, E, n_chunks, N):
-    filled with the state entering each chunk of `chunk` steps (the backward's first pass)."""
-    if layout == "bel":
-        batch, E, L = u.shape
-        ui, ti = 1, 2
-    else:
-        batch, L, E = u.shape
-        ui, ti = 2, 1
+    (batch, [G,] N, L) in "bel", (batch, L, N) views in "ble". config: a triton.Config to run
+    instead of autotuning."""
+    ui, ti = (1, 2) if layout == "bel" else (2, 1)
+    batch, E, L = u.shape[0], u.shape[ui], u.shape[ti]
     N = A.shape[1]
     n_groups = 1 if B.dim() == 3 else B.shape[1]
     torch_acc, acc = _acc(u, delta, A, B, C, D, z, delta_bias)
     A, D, delta_bias = _contiguous(A, D, delta_bias)  # small, indexed flat by the kernels
     out = torch.empty(u.shape, device=u.device, dtype=out_dtype or u.dtype)
     last = torch.empty(batch, E, N, device=u.device, dtype=torch_acc)
-    group_size, block_e, per_group, block_n = _blocks(E, n_groups, N)
     if out.numel() == 0:
         return out, last.zero_()
     if layout == "bel":
-        sb = _bc_strides(B)
-        sc = _bc_strides(C)
+        sb, sc = _bc_strides(B), _bc_strides(C)
     else:  # (batch, L, N) views of x_dbl: b, g, n, t
         sb = (B.stride(0), 0, B.stride(2), B.stride(1))
         sc = (C.stride(0), 0, C.stride(2), C.stride(1))
-    dz = z if z is not None else u
+    zz = z if z is not None else u
     has_proj = dt_proj_weight is not None
     R = dt_proj_weight.shape[1] if has_proj else 1
-    s_dr = delta.stride(2) if has_proj else 0
-    n_chunks = chunk_states.shape[2] if chunk_states is not None else 1
-    scan_fwd_kernel[(batch, n_groups * per_group)](
-        u, delta, A, B, C, D if D is not None else A, dz, delta_bias if delta_bias is not None else A,
+    kernel, meta = _launcher(scan_fwd_kernel, config)
+    kernel[_grid(batch, n_groups, E // n_groups)](
+        u, delta, A, B, C, D if D is not None else A, zz, delta_bias if delta_bias is not None else A,
         dt_proj_weight if has_proj else A, out, last,
-        chunk_states if chunk_states is not None else last,
-        E, L, N, R, group_size, per_group, n_chunks,
+        batch, E, L, N, R, n_groups, E // n_groups,
         u.stride(0), u.stride(ui), u.stride(ti),
-        delta.stride(0), 0 if has_proj else delta.stride(ui), delta.stride(ti), s_dr,
-        *sb, *sc, dz.stride(0), dz.stride(ui), dz.stride(ti),
+        delta.stride(0), 0 if has_proj else delta.stride(ui), delta.stride(ti),
+        delta.stride(2) if has_proj else 0,
+        *sb, *sc, zz.stride(0), zz.stride(ui), zz.stride(ti),
         out.stride(0), out.stride(ui), out.stride(ti),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_DT_PROJ=has_proj, WRITE_OUT=chunk_states is None,
-        SAVE_CHUNKS=chunk_states is not None, CHUNK=chunk or 1, BLOCK_E=block_e, BLOCK_N=block_n,
-        BLOCK_R=triton.next_power_of_2(R), ACC=acc,
+        SOFTPLUS=bool(delta_softplus), HAS_DT_PROJ=has_proj, T_CONTIG=u.stride(ti) == 1,
+        BLOCK_N=triton.next_power_of_2(N), ACC=acc, **meta,
     )
+    if config is None:
+        _log_choice(scan_fwd_kernel)
     return out, last
 
 
-def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk=None):
-    """Gradients of the "bel"-layout scan, in the op's order and dtypes (numel-0 for absent)."""
+def scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus, *, config=None):
+    """Gradients of the "bel"-layout scan, in the op's order and dtypes (numel-0 for absent).
+    config: a triton.Config to run instead of autotuning."""
     batch, E, L = u.shape
     N = A.shape[1]
     n_groups = 1 if B.dim() == 3 else B.shape[1]
+    group_size = E // n_groups
     torch_acc, acc = _acc(dout, u, delta, A, B, C, D, z, delta_bias)
     A, D, delta_bias = _contiguous(A, D, delta_bias)
-    group_size, block_e, per_group, block_n = _blocks(E, n_groups, N)
-    chunk = chunk or min(64, triton.next_power_of_2(max(L, 1)))
-    n_chunks = max(1, triton.cdiv(L, chunk))
     dev = u.device
-    du = torch.empty(batch, E, L, device=dev, dtype=torch_acc)
-    ddelta = torch.empty_like(du)
-    dz = torch.empty_like(du) if z is not None else None
-    dA = torch.zeros(batch, E, N, device=dev, dtype=torch_acc)
-    dB = torch.zeros(batch, n_groups * per_group, N, L, device=dev, dtype=torch_acc)
-    dC = torch.zeros_like(dB)
-    dD = torch.zeros(batch, E, device=dev, dtype=torch_acc)
-    dbias = torch.zeros(batch, E, device=dev, dtype=torch_acc)
-    if du.numel() > 0:
-        states = torch.zeros(batch, E, n_chunks, N, device=dev, dtype=torch_acc)
-        scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_states=states, chunk=chunk)
-        scratch = torch.empty(batch * n_groups * per_group * chunk * block_e * block_n, device=dev,
-                              dtype=torch_acc)
-        sb, sc = _bc_strides(B), _bc_strides(C)
+    du = torch.empty(batch, E, L, device=dev, dtype=u.dtype)
+    ddelta = torch.empty(batch, E, L, device=dev, dtype=delta.dtype)
+    dz = torch.empty(batch, E, L, device=dev, dtype=z.dtype) if z is not None else None
+    # Per batch row; every element is stored by the kernel (no fills), except with nothing to scan.
+    dA = torch.empty(batch, E, N, device=dev, dtype=torch_acc)
+    dD = torch.empty(batch, E, device=dev, dtype=torch_acc)
+    dbias = torch.empty(batch, E, device=dev, dtype=torch_acc)
+    bc_shape = (batch, N, L) if B.dim() == 3 else (batch, n_groups, N, L)
+    if du.numel() == 0:
+        dA, dD, dbias = dA.zero_(), dD.zero_(), dbias.zero_()
+        dB = torch.zeros(bc_shape, device=dev, dtype=B.dtype)
+        dC = torch.zeros(bc_shape, device=dev, dtype=C.dtype)
+    else:
+        # Sized for the smallest tiles any configuration uses; the kernel indexes with its own.
+        configs = [config] if config else INTERPRETER_CONFIGS if INTERPRETING else BWD_CONFIGS
+        max_chunks = triton.cdiv(L, _smallest(configs, "CHUNK"))
+        max_blocks = triton.cdiv(group_size, _smallest(configs, "BLOCK_E"))
+        entry = torch.empty(batch, max_chunks, E, N, device=dev, dtype=torch_acc)
+        dB_part = torch.empty(batch, n_groups, max_blocks, N, L, device=dev, dtype=torch_acc)
+        dC_part = torch.empty_like(dB_part)
         zz = z if z is not None else u
-        scan_bwd_kernel[(batch, n_groups * per_group)](
+        kernel, meta = _launcher(scan_bwd_kernel, config)
+        kernel[_grid(batch, n_groups, group_size)](
             dout, u, delta, A, B, C, D if D is not None else A, zz,
             delta_bias if delta_bias is not None else A,
-            du, ddelta, dz if dz is not None else du, dA, dB, dC, dD, dbias, states, scratch,
-            E, L, N, group_size, per_group, n_chunks,
-            *u.stride(), *delta.stride(), *sb, *sc, *zz.stride(), *dout.stride(),
+            du, ddelta, dz if dz is not None else du, dA, dB_part, dC_part, dD, dbias, entry,
+            batch, E, L, N, n_groups, group_size, max_chunks, max_blocks,
+            *u.stride(), *delta.stride(), *_bc_strides(B), *_bc_strides(C), *zz.stride(),
+            *dout.stride(),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), CHUNK=chunk, BLOCK_E=block_e, BLOCK_N=block_n, ACC=acc,
+            SOFTPLUS=bool(delta_softplus), T_CONTIG=u.stride(2) == 1,
+            BLOCK_N=triton.next_power_of_2(N), ACC=acc, **meta,
         )
-    bc_shape = (batch, N, L) if B.dim() == 3 else (batch, n_groups, N, L)
-    dB = dB.view(batch, n_groups, per_group, N, L).sum(2).view(bc_shape)
-    dC = dC.view(batch, n_groups, per_group, N, L).sum(2).view(bc_shape)
+        if config is None:
+            _log_choice(scan_bwd_kernel)
+        chosen = scan_bwd_kernel.best_config if config is None else config
+        blocks = triton.cdiv(group_size, chosen.kwargs["BLOCK_E"])
+        dB = dB_part[:, :, :blocks].sum(2).view(bc_shape).to(B.dtype)
+        dC = dC_part[:, :, :blocks].sum(2).view(bc_shape).to(C.dtype)
     absent = torch.empty(0, device=dev)
-    return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype),
-            dC.to(C.dtype), dD.sum(0).to(D.dtype) if D is not None else absent,
-            dz.to(z.dtype) if z is not None else absent,
+    return (du, ddelta, dA.sum(0).to(A.dtype), dB, dC,
+            dD.sum(0).to(D.dtype) if D is not None else absent,
+            dz if z is not None else absent,
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else absent)
+
+
+def tuned_configs():
+    """{kernel name: {tuning key: chosen configuration}} for the shapes run in this process."""
+    return {k.base_fn.__name__: dict(k.cache) for k in (scan_fwd_kernel, scan_bwd_kernel)}

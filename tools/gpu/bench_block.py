@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import timing  # noqa: E402  (benchmarks/timing.py)
 from scan_speed import kernel_launches  # noqa: E402
 
-SHAPES = {"paper": (64, 24, 128), "rl-large": (256, 60, 256)}  # (B, L, D), DESIGN.md section 6
+SHAPES = {"paper": (64, 24, 128), "rl-large": (256, 60, 256)}  # (B, L, D); docs/ARCHITECTURE.md, "Benchmark shapes"
 MIXERS = ("conv", "line", "double-conv")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/device.cuh"
 #include "emu/launch.h"
 
 // ---- a minimal test harness ------------------------------------------------------------------------
@@ -267,6 +268,99 @@ __global__ void big_smem(float* out) {
 __global__ void nothing() {}
 
 }  // namespace kern
+
+// ---- kernels on checked pointers (csrc/cuda/device.cuh), as the kernels of csrc/cuda are written ------
+namespace ck {
+using namespace dmm::cuda;
+
+// out[i] = 2 in[i] for i < n + extra (extra > 0: past the end).
+__global__ void scale(gptr<const float> in, gptr<float> out, int n, int extra) {
+  for (int i = threadIdx.x; i < n + extra; i += blockDim.x) out[i] = 2.0f * in[i < n ? i : 0];
+}
+// Every thread of every block adds 1 to out[0]: atomically or not.
+template <bool kAtomic>
+__global__ void count_global(gptr<float> out) {
+  if (kAtomic) atomicAdd(out, 1.0f);
+  else out[0] += 1.0f;
+}
+// The `lanes` first lanes of warp 0 add 1 to one shared float, atomically or not; with kSyncwarp the
+// lanes take turns separated by __syncwarp (ordered: no race).
+template <bool kAtomic, bool kSyncwarp>
+__global__ void count_shared(gptr<float> out, int lanes) {
+  DMM_SHARED_ARRAY(float, acc, 1);
+  if (threadIdx.x == 0) acc[0] = 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  if (kSyncwarp) {
+    for (int turn = 0; turn < lanes; ++turn) {
+      if (threadIdx.x < 32 && lane == turn) acc[0] += 1.0f;
+      __syncwarp();
+    }
+  } else if (int(threadIdx.x) < lanes) {
+    if (kAtomic) atomicAdd(acc, 1.0f);
+    else acc[0] += 1.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = acc[0];
+}
+// Warp 0 writes a shared buffer, warp 1 reads it: with or without the barrier between them.
+template <bool kBarrier>
+__global__ void handoff(gptr<float> out) {
+  const sptr<float> s = dynamic_smem<float>();
+  if (threadIdx.x < 32) s[threadIdx.x] = float(threadIdx.x);
+  if (kBarrier) __syncthreads();
+  if (threadIdx.x >= 32) out[threadIdx.x - 32] = s[threadIdx.x - 32];
+}
+// Reuse of a shared buffer: every thread reads another warp's slot, then (with or without a barrier)
+// writes its own slot again.
+template <bool kBarrier>
+__global__ void reuse(gptr<float> out) {
+  const sptr<float> s = dynamic_smem<float>();
+  const int n = blockDim.x, t = threadIdx.x;
+  s[t] = float(t);
+  __syncthreads();
+  out[t] = s[(t + 32) % n];
+  if (kBarrier) __syncthreads();
+  s[t] = 0.0f;
+}
+// Lane 0 publishes a value in shared memory, the other lanes of its warp read it after a shuffle
+// (kSync) or with nothing between (a race under independent thread scheduling).
+template <bool kSync>
+__global__ void publish(gptr<float> out) {
+  DMM_SHARED_ARRAY(float, slot, 1);
+  if (threadIdx.x == 0) slot[0] = 7.0f;
+  int v = int(threadIdx.x);
+  if (kSync) v = __shfl_sync(0xffffffffu, v, 0);
+  out[threadIdx.x] = slot[0] + float(v) * 0.0f;
+}
+// Reads a static shared array before writing it (kInit = false) or after.
+template <bool kInit>
+__global__ void static_read(gptr<float> out) {
+  DMM_SHARED_ARRAY(float, s, 64);
+  if (kInit) s[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = s[threadIdx.x];
+}
+// Writes out[0..n-skip) of an output.
+__global__ void partial_output(gptr<float> out, int n, int skip) {
+  for (int i = threadIdx.x; i < n - skip; i += blockDim.x) out[i] = 1.0f;
+}
+// Vector access: out[4i..4i+4) = in[4i..4i+4) + 1, at element offset `shift` (misaligned when not 0).
+__global__ void vec4(gptr<const float> in, gptr<float> out, int shift) {
+  Vec<float, 4> v = load_vec<4>(in, 4 * threadIdx.x + shift);
+  for (float& x : v.v) x += 1.0f;
+  store_vec(out, 4 * threadIdx.x, v);
+}
+// Reads an InPtr (dtype tag) and writes an OutPtr.
+__global__ void tagged(InPtr in, OutPtr out, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) store(out, i, load<float>(in, i) * 3.0f);
+}
+// Reads `in` twice, writes out once: for the byte counters.
+__global__ void twice(gptr<const float> in, gptr<float> out) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  out[i] = in[i] + in[i];
+}
+}  // namespace ck
 
 using namespace kern;
 
@@ -568,6 +662,183 @@ TEST(many_blocks_and_threads) {
   DMM_LAUNCH(blocks, n, 0, nullptr, block_sum)(in.data(), out.data());
   CHECK_EQ(dmm::emu::blocks_run() - before, uint64_t(blocks));
   for (int b = 0; b < blocks; ++b) CHECK_EQ(out[b], float(n));
+}
+
+
+// ---- checked pointers, the race check, output coverage, counters ------------------------------------
+namespace {
+// The race check on (or off) for a scope.
+struct RacecheckScope {
+  bool saved = dmm::emu::racecheck();
+  explicit RacecheckScope(bool on) { dmm::emu::set_racecheck(on); }
+  ~RacecheckScope() { dmm::emu::set_racecheck(saved); }
+};
+using dmm::cuda::InPtr;
+using dmm::cuda::make_gptr;
+using dmm::cuda::OutPtr;
+using dmm::cuda::Writes;
+}  // namespace
+
+TEST(checked_bounds_global) {
+  std::vector<float> in(100, 1.0f), out(100);
+  const auto gin = make_gptr<const float>(in.data(), 100, "in");
+  const auto gout = make_gptr(out.data(), 100, "out");
+  DMM_LAUNCH(1, 64, 0, nullptr, ck::scale)(gin, gout, 100, 0);
+  CHECK_EQ(out[99], 2.0f);
+  expect_error([&] { DMM_LAUNCH(1, 64, 0, nullptr, ck::scale)(gin, gout, 100, 1); },
+               {"ck::scale", "block (0,0,0) thread (36,0,0)", "writes 'out' at element 100",
+                "outside its 100 elements", "out of bounds"});
+}
+
+TEST(checked_bounds_shared) {
+  std::vector<float> out(32);
+  const auto gout = make_gptr(out.data(), 32, "out");
+  // 32 floats of dynamic shared memory for 32 writes: fine; 31: the last write is past the end.
+  DMM_LAUNCH(1, 64, 32 * sizeof(float), nullptr, ck::handoff<true>)(gout);
+  expect_error([&] { DMM_LAUNCH(1, 64, 31 * sizeof(float), nullptr, ck::handoff<true>)(gout); },
+               {"thread (31,0,0)", "writes dynamic shared memory at element 31 (byte 124)", "outside its 124 bytes",
+                "past the dynamic shared memory the launch requested"});
+}
+
+TEST(checked_vectors_and_alignment) {
+  std::vector<float> in(132), out(128);
+  for (int i = 0; i < 132; ++i) in[i] = float(i);
+  alignas(16) static float ain[132];
+  std::copy(in.begin(), in.end(), ain);
+  const auto gin = make_gptr<const float>(ain, 132, "in");
+  const auto gout = make_gptr(out.data(), 128, "out");
+  DMM_LAUNCH(1, 32, 0, nullptr, ck::vec4)(gin, gout, 0);
+  for (int i = 0; i < 128; ++i) CHECK_EQ(out[i], float(i) + 1.0f);
+  expect_error([&] { DMM_LAUNCH(1, 32, 0, nullptr, ck::vec4)(gin, gout, 1); },
+               {"ck::vec4", "reads 'in' at element 1 (byte 4)", "16-byte access that is not 16-byte aligned"});
+}
+
+TEST(checked_tagged_pointers) {
+  std::vector<double> in(50, 2.0), out(50);
+  const InPtr p = dmm::cuda::make_in_ptr(in.data(), dmm::cuda::DType::kDouble, 50, "x");
+  const OutPtr o = dmm::cuda::make_out_ptr(out.data(), dmm::cuda::DType::kDouble, 50, "y");
+  DMM_LAUNCH(1, 32, 0, nullptr, ck::tagged)(p, o, 50);
+  CHECK_EQ(out[49], 6.0);
+  expect_error([&] { DMM_LAUNCH(1, 32, 0, nullptr, ck::tagged)(p, o, 51); },
+               {"reads 'x' at element 50", "outside its 50 elements"});
+  expect_error([&] { DMM_LAUNCH(1, 32, 0, nullptr, ck::tagged)(InPtr{}, o, 50); },
+               {"which is absent"});
+}
+
+TEST(racecheck_global_rmw) {
+  RacecheckScope rc(true);
+  for (uint64_t seed : {0, 1, 2}) {
+    SeedScope s(seed);
+    float sum = 0.0f;
+    const auto g = make_gptr(&sum, 1, "sum");
+    DMM_LAUNCH(3, 64, 0, nullptr, ck::count_global<true>)(g);
+    CHECK_EQ(sum, 192.0f);
+    // Threads run one after another between sync points here, so the plain `+=` adds up right;
+    // the race check still names it, within a block and across blocks.
+    expect_error([&] { DMM_LAUNCH(1, 64, 0, nullptr, ck::count_global<false>)(g); },
+                 {"race on global memory 'sum' at element 0", "with nothing ordering the two"});
+    expect_error([&] { DMM_LAUNCH(3, 1, 0, nullptr, ck::count_global<false>)(g); },
+                 {"race on global memory 'sum'", "of block (", "blocks of one launch run in no fixed order"});
+  }
+}
+
+TEST(racecheck_shared_rmw_in_a_warp) {
+  RacecheckScope rc(true);
+  std::vector<float> out(2);
+  const auto g = make_gptr(out.data(), 2, "out");
+  for (uint64_t seed : {0, 1, 2}) {
+    SeedScope s(seed);
+    DMM_LAUNCH(2, 64, 0, nullptr, (ck::count_shared<true, false>))(g, 2);
+    CHECK_EQ(out[1], 2.0f);
+    DMM_LAUNCH(2, 64, 0, nullptr, (ck::count_shared<false, true>))(g, 32);  // turns, __syncwarp
+    CHECK_EQ(out[1], 32.0f);
+    expect_error([&] { DMM_LAUNCH(2, 64, 0, nullptr, (ck::count_shared<false, false>))(g, 2); },
+                 {"race on shared memory shared array 'acc' at element 0", "the same warp",
+                  "do not run in lockstep"});
+    expect_error([&] { DMM_LAUNCH(2, 64, 0, nullptr, (ck::count_shared<false, false>))(g, 64); },
+                 {"race on shared memory shared array 'acc'"});
+  }
+  RacecheckScope off(false);  // without the race check the lost update goes unseen here
+  DMM_LAUNCH(2, 64, 0, nullptr, (ck::count_shared<false, false>))(g, 2);
+  CHECK_EQ(out[1], 2.0f);
+}
+
+TEST(racecheck_missing_barrier) {
+  RacecheckScope rc(true);
+  std::vector<float> out(64);
+  const auto g = make_gptr(out.data(), 64, "out", Writes::kSome);
+  for (uint64_t seed : {0, 3}) {
+    SeedScope s(seed);
+    DMM_LAUNCH(1, 64, 32 * sizeof(float), nullptr, ck::handoff<true>)(g);
+    CHECK_EQ(out[31], 31.0f);
+    DMM_LAUNCH(1, 64, 64 * sizeof(float), nullptr, ck::reuse<true>)(g);
+    CHECK_EQ(out[0], 32.0f);
+    // a read before the write (never written) or after it (a race), depending on the order
+    expect_error([&] { DMM_LAUNCH(1, 64, 32 * sizeof(float), nullptr, ck::handoff<false>)(g); },
+                 {"ck::handoff<false>", "dynamic shared memory at element"});
+    expect_error([&] { DMM_LAUNCH(1, 64, 64 * sizeof(float), nullptr, ck::reuse<false>)(g); },
+                 {"race on shared memory dynamic shared memory", "another warp, no __syncthreads"});
+  }
+}
+
+TEST(racecheck_shuffle_orders_lanes) {
+  RacecheckScope rc(true);
+  std::vector<float> out(32);
+  const auto g = make_gptr(out.data(), 32, "out");
+  for (uint64_t seed : {0, 5}) {
+    SeedScope s(seed);
+    DMM_LAUNCH(1, 32, 0, nullptr, ck::publish<true>)(g);
+    CHECK_EQ(out[31], 7.0f);
+  }
+  SeedScope s(0);  // in order lane 0 writes first, then lane 1 reads with nothing between
+  expect_error([&] { DMM_LAUNCH(1, 32, 0, nullptr, ck::publish<false>)(g); },
+               {"race on shared memory shared array 'slot'", "thread (1,0,0)", "the same warp"});
+}
+
+TEST(static_shared_nan_fill_and_initcheck) {
+  std::vector<float> out(128);
+  const auto g = make_gptr(out.data(), 128, "out");
+  {
+    RacecheckScope rc(false);  // NaN in every block, after a kernel wrote the same array
+    DMM_LAUNCH(2, 64, 0, nullptr, ck::static_read<true>)(g);
+    CHECK_EQ(out[127], 1.0f);
+    DMM_LAUNCH(2, 64, 0, nullptr, ck::static_read<false>)(g);
+    for (float v : out) CHECK(std::isnan(v));
+  }
+  RacecheckScope rc(true);
+  expect_error([&] { DMM_LAUNCH(2, 64, 0, nullptr, ck::static_read<false>)(g); },
+               {"reads shared array 's' at element 0", "no thread of the block has written"});
+}
+
+TEST(output_written_in_full) {
+  std::vector<float> out(100);
+  DMM_LAUNCH(1, 32, 0, nullptr, ck::partial_output)(make_gptr(out.data(), 100, "out", Writes::kAll), 100, 0);
+  DMM_LAUNCH(1, 32, 0, nullptr, ck::partial_output)(make_gptr(out.data(), 100, "acc", Writes::kSome), 100, 3);
+  expect_error(
+      [&] { DMM_LAUNCH(1, 32, 0, nullptr, ck::partial_output)(make_gptr(out.data(), 100, "out", Writes::kAll), 100, 3); },
+      {"kernel 'ck::partial_output' left 3 of 100 elements of its output 'out' unwritten",
+       "the first: element 97"});
+}
+
+TEST(byte_counters) {
+  dmm::emu::reset_kernel_counters();
+  std::vector<float> in(256, 1.0f), out(256);
+  DMM_LAUNCH(4, 64, 0, nullptr, ck::twice)(make_gptr<const float>(in.data(), 256, "in"),
+                                           make_gptr(out.data(), 256, "out"));
+  DMM_LAUNCH(4, 64, 0, nullptr, ck::twice)(make_gptr<const float>(in.data(), 256, "in"),
+                                           make_gptr(out.data(), 256, "out"));
+  const auto all = dmm::emu::kernel_counters();
+  CHECK_EQ(all.size(), size_t(1));
+  CHECK(all[0].first == "ck::twice");
+  const dmm::emu::KernelCounters& k = all[0].second;
+  CHECK_EQ(k.launches, uint64_t(2));
+  CHECK_EQ(k.blocks, uint64_t(8));
+  CHECK_EQ(k.bytes_read, uint64_t(2 * 2 * 256 * 4));     // every read, twice per element
+  CHECK_EQ(k.unique_bytes_read, uint64_t(2 * 256 * 4));  // each byte once per launch
+  CHECK_EQ(k.bytes_written, uint64_t(2 * 256 * 4));
+  CHECK_EQ(k.unique_bytes_written, uint64_t(2 * 256 * 4));
+  dmm::emu::reset_kernel_counters();
+  CHECK(dmm::emu::kernel_counters().empty());
 }
 
 int main(int argc, char** argv) {
