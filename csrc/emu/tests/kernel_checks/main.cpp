@@ -1,11 +1,11 @@
 // The real kernels of csrc/cuda (selective_scan.cuh, modal_mix.cuh, block_kernels.cuh,
-// step_kernels.cuh), compiled as host C++ by the emulator without torch, run against naive float64 references under several
-// schedule seeds, with the emulator's race check on.
+// step_kernels.cuh), compiled as host C++ by the emulator without torch, run against naive float64
+// references under several schedule seeds, with the emulator's race check on.
 //
 // CMake builds the checks once with the unchanged headers (ctest `kernel_checks.*`: must pass, also
 // under ASan / UBSan) and, per deliberately broken copy of a header, the checks of that header again
-// (ctest `fault.*`, linked with the other two compiled once). Each fault must be reported under every
-// seed: an emulator error or a MISMATCH line that the test's regular expression finds.
+// (ctest `fault.*`, linked with the other three compiled once). Each fault must be reported under
+// every seed: an emulator error or a MISMATCH line that the test's regular expression finds.
 //
 //   kernel_checks NAME [--expect REGEX]
 //     NAME: scan_fwd | scan_bwd | block_scan | scan_half | conv_fwd | conv_bwd | block_ln |
