@@ -440,7 +440,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_fwd_kernel(con
   using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   constexpr int K = KT::kItems, T = KT::kChunk, row = KT::kRow;
-  const sptr<acc_t> sm = dynamic_smem<acc_t>();
+  DMM_DYNAMIC_SMEM(acc_t, sm);
   const ScanSmem lay(p.dstate, KT::kChans, T, row, /*backward=*/false, p.dt_rank);
   const ScanTile tile(p, KT::kChans);
   const int tid = threadIdx.x, c = tid / kScanLanes, lane = tid % kScanLanes, t0 = lane * K;
@@ -524,7 +524,7 @@ __global__ void __launch_bounds__(KT::kThreads, 1) selective_scan_bwd_kernel(con
   using acc_t = typename KT::acc_t;
   using in_t = typename KT::in_t;
   constexpr int K = KT::kItems, T = KT::kChunk, row = KT::kRow;
-  const sptr<acc_t> sm = dynamic_smem<acc_t>();
+  DMM_DYNAMIC_SMEM(acc_t, sm);
   const ScanSmem lay(p.dstate, KT::kChans, T, row, /*backward=*/true, p.dt_rank);
   const ScanTile tile(p, KT::kChans);
   const int tid = threadIdx.x, c = tid / kScanLanes, lane = tid % kScanLanes, t0 = lane * K;
