@@ -26,9 +26,8 @@ revert("cuda/modal_mix.cu", "empty_output({s.d.batch, s.d.len, s.d.dim_out}, col
 revert("cuda/modal_mix.cu", "const int64_t D_out = s.d.dim_out, WD", "const int64_t D_out = s.d.dim, WD")
 revert("cuda/modal_mix.cu", '{s.d.batch, s.d.len, s.d.dim_out}, "(batch, L, D_out)"', 'u.sizes(), "(batch, L, D)"')
 # 2. E == 0 and N == R == 0 in the fused plan (csrc/cuda/block.cu before 88d0999)
-revert("cuda/block.cu", "d.N > 32 || d.E == 0 ||", "d.N > 32 ||")
-revert("cuda/block.cu", "if (row_bytes == 0 || row_bytes > kDefaultSmem) return p;",
-       "if (row_bytes > kDefaultSmem) return p;")
+revert("cuda/block.cu", "d.N > kScanMaxStates || d.E == 0 ||", "d.N > kScanMaxStates ||")
+revert("cuda/block.cu", "  if (d.R == 0) return p;  // the scan's dt_proj needs a rank\n", "")
 # 2b. any window W in the fused forward (the backward rejects W > 16)
 revert("cuda/block.cu", "d.W1 > kMaxModalMixWindow ||\n      (spec.is_double && d.W2 > kMaxModalMixWindow))",
        "false)")
