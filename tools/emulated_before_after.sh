@@ -36,7 +36,8 @@ revert("cuda/selective_scan.cu", "const bool det = at::globalContext().determini
        "const bool det = false;")
 revert("cuda/modal_mix.cu", "s.p.split_partials = at::globalContext().deterministicAlgorithms() && splits > 1;",
        "s.p.split_partials = false;")
-# 4. in_ptr of an absent optional read the dtype of an undefined tensor (found by the emulator)
+# 4. in_ptr of an absent optional read the dtype of an undefined tensor (found by the emulator; the
+#    scan reads its optionals through views since issue 18: the line path's LayerNorm without `add`)
 revert("cuda/common.cuh",
        "  if (!t.defined() || t.numel() == 0) return InPtr{};\n",
        "  const DType dt = dtype_tag(t.scalar_type());\n  if (t.numel() == 0) return InPtr{};\n  (void)dt;\n")
@@ -49,7 +50,7 @@ TESTS=(
   "tests/test_emulated_kernels.py::test_block_no_states_no_dt_rank"
   "tests/test_block_cuda.py::test_block_rejects_what_backward_rejects"
   "tests/test_emulated_kernels.py::test_deterministic_mode_is_bit_identical"
-  "tests/test_selective_scan.py::test_absent_optionals_give_empty_grads"
+  "tests/test_block_cuda.py::test_block_float64_matches_reference[1-7-48-line]"
 )
 status=0
 for t in "${TESTS[@]}"; do
