@@ -103,6 +103,8 @@ def _build_options():
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
                   "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                   "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+    if os.environ.get("DMM_NVCC_NO_SPILLS") == "1":  # CI: a register spill in any kernel fails the build
+        nvcc_flags.append("-Xptxas=--warn-on-spills,--warning-as-error")
     ext = cpp_extension.CUDAExtension(
         "dmm_kernels._C", sources + cuda_sources,
         include_dirs=include_dirs + _nvidia_include_dirs(), define_macros=[("WITH_CUDA", None)],

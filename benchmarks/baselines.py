@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dmm_kernels import reference
+from dmm_kernels.params import BlockParams
 
 try:  # the paper's scan kernel, when available (GPU machines with mamba-ssm built)
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_selective_scan
@@ -45,27 +46,27 @@ def _paper_mixer(u, weight, bias, kind, n_modalities):
     return picked.permute(1, 0, 2)                                          # (batch, L, D)
 
 
-def paper_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
-    """The paper's block as separate PyTorch/mamba-ssm calls. h: (batch, L, D)."""
-    _, scan = paper_scan()
+def paper_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5, scan=None):
+    """The paper's block as separate PyTorch/mamba-ssm calls. h: (batch, L, D). scan: the
+    selective scan to call (default: paper_scan()'s)."""
+    scan = paper_scan()[1] if scan is None else scan
     kind, double = mixer.removeprefix("double-"), mixer.startswith("double-")
-    p = params
+    p = BlockParams.of(params)
     D_model = h.shape[-1]
-    E = p["A_log"].shape[0]
-    R = p["dt_proj_weight"].shape[1]
-    N = p["A_log"].shape[1]
-    u = F.layer_norm(h, (D_model,), p["norm1_weight"], p["norm1_bias"], eps)
-    h1 = h + _paper_mixer(u, p["mixer1_weight"], p["mixer1_bias"], kind, n_modalities)
-    v = F.layer_norm(h1, (D_model,), p["norm2_weight"], p["norm2_bias"], eps)
-    x, z = F.linear(v, p["in_proj_weight"]).split([E, E], dim=-1)
+    E, N = p.A_log.shape
+    R = p.dt_proj_weight.shape[1]
+    u = F.layer_norm(h, (D_model,), p.norm1_weight, p.norm1_bias, eps)
+    h1 = h + _paper_mixer(u, p.mixer1_weight, p.mixer1_bias, kind, n_modalities)
+    v = F.layer_norm(h1, (D_model,), p.norm2_weight, p.norm2_bias, eps)
+    x, z = F.linear(v, p.in_proj_weight).split([E, E], dim=-1)
     if double:
-        x = _paper_mixer(x, p["mixer2_weight"], p["mixer2_bias"], kind, n_modalities)
+        x = _paper_mixer(x, p.mixer2_weight, p.mixer2_bias, kind, n_modalities)
     x = F.silu(x)
-    dt_low, Bc, Cc = F.linear(x, p["x_proj_weight"]).split([R, N, N], dim=-1)
-    delta = F.linear(dt_low, p["dt_proj_weight"])
+    dt_low, Bc, Cc = F.linear(x, p.x_proj_weight).split([R, N, N], dim=-1)
+    delta = F.linear(dt_low, p.dt_proj_weight)
     y = scan(x.transpose(1, 2).contiguous(), delta.transpose(1, 2).contiguous(),
-             -torch.exp(p["A_log"].float()), Bc.transpose(1, 2).contiguous(),
-             Cc.transpose(1, 2).contiguous(), p["D"].float(), z.transpose(1, 2).contiguous(),
-             p["dt_proj_bias"].float(), True)
-    out = F.linear(y.transpose(1, 2), p["out_proj_weight"])
+             -torch.exp(p.A_log.float()), Bc.transpose(1, 2).contiguous(),
+             Cc.transpose(1, 2).contiguous(), p.D.float(), z.transpose(1, 2).contiguous(),
+             p.dt_proj_bias.float(), True)
+    out = F.linear(y.transpose(1, 2), p.out_proj_weight)
     return out + h1 if (residual_ssm or double) else out

@@ -105,7 +105,7 @@ def bench_block(shape_name, shape, device, reps, rows, mixer, compile_baseline):
     params = reference.make_block_params(shape["d_model"], mixer, shape["expand"], shape["d_state"],
                                          shape["window"], device=device,
                                          generator=torch.Generator().manual_seed(1))
-    leaves = [p.requires_grad_() for p in params.values() if p is not None]
+    leaves = [p.requires_grad_() for p in params.present().values()]
     h = torch.randn(shape["batch"], shape["L"], shape["d_model"], device=device, requires_grad=True)
     candidates = [(ours_label(device), dmm_kernels.metamamba_block),
                   (f"paper({paper_scan()[0]})", paper_block)]

@@ -8,6 +8,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "block/params.h"
+
 // `import dmm_kernels._C` loads this shared object, whose static initialisers register the ops.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
@@ -39,38 +41,30 @@ TORCH_LIBRARY(dmm, m) {
       "modal_mix_bwd(Tensor dy, Tensor u, Tensor weight, Tensor? bias, str kind, "
       "int n_modalities, int phase) -> (Tensor du, Tensor dweight, Tensor dbias)");
 
-  // ---- whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") ------------------------
-  // h: (B, L, D). mixer: "conv" | "line" | "double-conv" | "double-line". Returns out, plus h1 when
-  // residual_ssm or the mixer is a double one. mixer2_* are None for single mixers.
-  m.def(
-      "metamamba_block_fwd(Tensor h, Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, "
-      "Tensor? mixer1_bias, Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, "
-      "Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
-      "Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, "
-      "int n_modalities, bool residual_ssm, float eps) -> Tensor");
-  // Recomputes the forward; returns one gradient per tensor input, in input order (empty for None).
-  m.def(
-      "metamamba_block_bwd(Tensor dout, Tensor h, Tensor norm1_weight, Tensor norm1_bias, "
-      "Tensor mixer1_weight, Tensor? mixer1_bias, Tensor norm2_weight, Tensor norm2_bias, "
-      "Tensor in_proj_weight, Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, "
-      "Tensor dt_proj_weight, Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, "
-      "str mixer, int n_modalities, bool residual_ssm, float eps) -> (Tensor dh, "
-      "Tensor dnorm1_weight, Tensor dnorm1_bias, Tensor dmixer1_weight, Tensor dmixer1_bias, "
-      "Tensor dnorm2_weight, Tensor dnorm2_bias, Tensor din_proj_weight, Tensor dmixer2_weight, "
-      "Tensor dmixer2_bias, Tensor dx_proj_weight, Tensor ddt_proj_weight, Tensor ddt_proj_bias, "
-      "Tensor dA_log, Tensor dD, Tensor dout_proj_weight)");
+  // ---- whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") --------------------------
+  // The parameters (DMM_BLOCK_PARAMS, csrc/block/params.h) in this order: norm1_weight (D,),
+  // norm1_bias (D,), mixer1_weight, mixer1_bias?, norm2_weight (D,), norm2_bias (D,),
+  // in_proj_weight (2E, D), mixer2_weight?, mixer2_bias?, x_proj_weight (R + 2N, E),
+  // dt_proj_weight (E, R), dt_proj_bias (E,), A_log (E, N), D (E,), out_proj_weight (D, E).
+  // mixer: "conv" | "line" | "double-conv" | "double-line"; mixer2_* are None for single mixers.
+  // h: (B, L, D) -> out (B, L, D) (+ h1 when residual_ssm or the mixer is a double one), and the
+  // activations the backward needs (DMM_BLOCK_SAVED: h1, v, xz, xm, xs, x_dbl, y).
+  m.def("metamamba_block_fwd(Tensor h, " DMM_BLOCK_PARAMS_SCHEMA
+        "str mixer, int n_modalities, bool residual_ssm, float eps) -> " DMM_BLOCK_FWD_RETURNS);
+  // From the forward's saved activations (it recomputes neither the scan nor a projection);
+  // returns one gradient per tensor input before them: h, then the parameters (numel 0 for None).
+  m.def("metamamba_block_bwd(Tensor dout, Tensor h, " DMM_BLOCK_PARAMS_SCHEMA DMM_BLOCK_SAVED_SCHEMA
+        "str mixer, int n_modalities, bool residual_ssm, float eps) -> Tensor[]");
   // One token through the block, updating the cache in place:
   //   mixer1_cache (B, W-1, D) last W-1 LayerNorm_1 outputs, oldest first (input dtype);
   //   mixer2_cache (B, W-1, E) last W-1 in_proj x-halves (double mixers; else None);
-  //   ssm_state (B, E, N) fp32. position: index of h_t in the token sequence (its modality is
+  //   ssm_state (B, E, N) fp32. A = -exp(A_log) (E, N) fp32, computed once by the caller (not per
+  //   token). position: index of h_t in the token sequence (its modality is
   //   position % n_modalities). h_t: (B, D) -> (B, D).
-  m.def(
-      "metamamba_step(Tensor h_t, Tensor(a!) mixer1_cache, Tensor(b!)? mixer2_cache, "
-      "Tensor(c!) ssm_state, Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, "
-      "Tensor? mixer1_bias, Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, "
-      "Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
-      "Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, "
-      "int n_modalities, bool residual_ssm, float eps, int position) -> Tensor");
+  m.def("metamamba_step(Tensor h_t, Tensor(a!) mixer1_cache, Tensor(b!)? mixer2_cache, "
+        "Tensor(c!) ssm_state, " DMM_BLOCK_PARAMS_SCHEMA
+        "Tensor A, str mixer, int n_modalities, bool residual_ssm, float eps, int position) -> "
+        "Tensor");
 
   // ---- argument checks alone: no computation, any device (meta too). Backends written outside
   // C++ (dmm_kernels/triton) validate through these, so every backend raises the same errors.
@@ -80,17 +74,7 @@ TORCH_LIBRARY(dmm, m) {
   m.def(
       "_check_modal_mix(Tensor u, Tensor weight, Tensor? bias, str kind, int n_modalities, "
       "int phase) -> ()");
-  m.def(
-      "_check_block(Tensor h, Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, "
-      "Tensor? mixer1_bias, Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, "
-      "Tensor? mixer2_weight, Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, "
-      "Tensor dt_proj_bias, Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, "
-      "int n_modalities) -> ()");
-  m.def(
-      "_check_step(Tensor h_t, Tensor mixer1_cache, Tensor? mixer2_cache, Tensor ssm_state, "
-      "Tensor norm1_weight, Tensor norm1_bias, Tensor mixer1_weight, Tensor? mixer1_bias, "
-      "Tensor norm2_weight, Tensor norm2_bias, Tensor in_proj_weight, Tensor? mixer2_weight, "
-      "Tensor? mixer2_bias, Tensor x_proj_weight, Tensor dt_proj_weight, Tensor dt_proj_bias, "
-      "Tensor A_log, Tensor D, Tensor out_proj_weight, str mixer, int n_modalities, "
-      "int position) -> ()");
+  m.def("_check_block(Tensor h, " DMM_BLOCK_PARAMS_SCHEMA "str mixer, int n_modalities) -> ()");
+  m.def("_check_step(Tensor h_t, Tensor mixer1_cache, Tensor? mixer2_cache, Tensor ssm_state, "
+        DMM_BLOCK_PARAMS_SCHEMA "Tensor A, str mixer, int n_modalities, int position) -> ()");
 }

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dmm_kernels
+from dmm_kernels import BlockParams
 
 MIXERS = ("conv", "line", "double-conv", "double-line", "dense", "none")
 # Defaults each preset gives to the arguments left as None.
@@ -219,22 +220,21 @@ class MetaMambaBlock(nn.Module):
                         lin.bias.zero_()
 
     # ---- the op's view of the parameters -------------------------------------------------------
-    def kernel_params(self) -> dict:
-        """The parameters under the argument names of dmm_kernels.metamamba_block / _step
-        (mixer weights as the op computes them, see ModalMixer.effective)."""
+    def block_params(self) -> BlockParams:
+        """The parameters as dmm_kernels.metamamba_block / _prefill / _step take them (mixer
+        weights as the op computes them, see ModalMixer.effective)."""
         if self.mixer == "none":
             raise RuntimeError("MetaMambaBlock(mixer='none') does not use the fused block op")
         w1, b1, _ = self.mixer1.effective()
         w2, b2, _ = self.mixer2.effective() if self.mixer2 is not None else (None, None, None)
-        return {
-            "norm1_weight": self.norm1.weight, "norm1_bias": self.norm1.bias,
-            "mixer1_weight": w1, "mixer1_bias": b1,
-            "norm2_weight": self.norm2.weight, "norm2_bias": self.norm2.bias,
-            "in_proj_weight": self.in_proj.weight, "mixer2_weight": w2, "mixer2_bias": b2,
-            "x_proj_weight": self.x_proj.weight,
-            "dt_proj_weight": self.dt_proj.weight, "dt_proj_bias": self.dt_proj.bias,
-            "A_log": self.A_log, "D": self.D, "out_proj_weight": self.out_proj.weight,
-        }
+        return BlockParams(
+            norm1_weight=self.norm1.weight, norm1_bias=self.norm1.bias,
+            mixer1_weight=w1, mixer1_bias=b1,
+            norm2_weight=self.norm2.weight, norm2_bias=self.norm2.bias,
+            in_proj_weight=self.in_proj.weight, mixer2_weight=w2, mixer2_bias=b2,
+            x_proj_weight=self.x_proj.weight,
+            dt_proj_weight=self.dt_proj.weight, dt_proj_bias=self.dt_proj.bias,
+            A_log=self.A_log, D=self.D, out_proj_weight=self.out_proj.weight)
 
     def kernel_config(self) -> dict:
         """The non-tensor arguments of dmm_kernels.metamamba_block / _prefill / _step."""
@@ -254,7 +254,7 @@ class MetaMambaBlock(nn.Module):
         if inference_params is None:
             if self.mixer == "none":
                 return self._mamba_forward(h)[0]
-            return dmm_kernels.metamamba_block(h, self.kernel_params(), **self.kernel_config())
+            return dmm_kernels.metamamba_block(h, self.block_params(), **self.kernel_config())
         cache = self._cache_from(inference_params, h)
         offset = int(inference_params.seqlen_offset)
         if offset == 0:
@@ -268,7 +268,7 @@ class MetaMambaBlock(nn.Module):
             out, states = self._mamba_forward(h, with_states=True)
         else:
             with torch.no_grad():
-                out, states = dmm_kernels.metamamba_prefill(h, self.kernel_params(),
+                out, states = dmm_kernels.metamamba_prefill(h, self.block_params(),
                                                             **self.kernel_config())
         for key, value in states.items():
             if value is not None:
@@ -310,7 +310,7 @@ class MetaMambaBlock(nn.Module):
                                          dtype=_state_dtype(dtype), device=device),
             }
         else:
-            cache = dmm_kernels.allocate_step_cache(batch_size, self.kernel_params(), self.mixer,
+            cache = dmm_kernels.allocate_step_cache(batch_size, self.block_params(), self.mixer,
                                                     dtype, device)
         cache["position"] = 0
         return cache
@@ -333,7 +333,7 @@ class MetaMambaBlock(nn.Module):
         if self.mixer == "none":
             out = self._mamba_step(h_t, cache)
         else:
-            out = dmm_kernels.metamamba_step(h_t, cache, self.kernel_params(),
+            out = dmm_kernels.metamamba_step(h_t, cache, self.block_params(),
                                              position=position, **self.kernel_config())
         cache["position"] = position + 1
         return out[:, None] if one_token_seq else out

@@ -20,6 +20,7 @@ from dmm_kernels._extension import (
     HAS_EXTENSION,
     check_backend,
 )
+from dmm_kernels.params import BlockParams
 from dmm_kernels.backend import BackendError
 from dmm_kernels.ops import (
     allocate_step_cache,
@@ -38,7 +39,7 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE and BACKEND_ERROR is None:  # el
     )
 
 __all__ = [
-    "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend", "EXTENSION_LOADED",
-    "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix", "metamamba_block",
-    "metamamba_prefill", "metamamba_step", "allocate_step_cache",
+    "BlockParams", "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend",
+    "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix",
+    "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
 ]

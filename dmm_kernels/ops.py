@@ -4,12 +4,12 @@ Every function falls back to dmm_kernels.reference when the compiled ops are not
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from dmm_kernels import _extension, reference
-
-# Parameters kept in fp32 under autocast: the scan accumulates its state from them.
-_FP32_PARAMS = ("A_log", "D", "dt_proj_bias")
+from dmm_kernels.params import SCAN_PARAMS, BlockParams
 
 
 def _none_if_absent(grad: torch.Tensor, input_: torch.Tensor | None) -> torch.Tensor | None:
@@ -94,17 +94,45 @@ def _modal_mix_backward(ctx, dy):
 # ---------------------------------------------------------------------------------------------
 # metamamba_block / metamamba_step
 # ---------------------------------------------------------------------------------------------
-def _param_list(params: dict, compute_dtype: torch.dtype | None) -> list:
-    """Op-ordered parameter list; under autocast the matrices go to the autocast dtype."""
-    missing = [k for k in reference.PARAM_NAMES
-               if params.get(k) is None and k not in ("mixer1_bias", "mixer2_weight", "mixer2_bias")]
-    if missing:
-        raise ValueError(f"params is missing {missing}; expected keys {reference.PARAM_NAMES}")
-    values = [params.get(k) for k in reference.PARAM_NAMES]
-    if compute_dtype is None:
-        return values
-    return [v if v is None or k in _FP32_PARAMS else v.to(compute_dtype)
-            for k, v in zip(reference.PARAM_NAMES, values)]
+_N_PARAMS = len(BlockParams._fields)
+# Per parameter set: its casts to an autocast dtype and the step's A = -exp(A_log), made once per
+# parameter version (an optimizer step or any in-place change bumps the version and makes them
+# again), not on every call: one cast per parameter per training step, none per evaluation call.
+_derived_cache: dict = {}
+
+
+def _derived(tag, tensors: tuple, make):
+    """make() for `tensors` (a tuple of tensors / None), reused while they are the same tensors at
+    the same versions and grad mode is the same; not cached while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return make()
+    present = [t for t in tensors if t is not None]
+    key = (tag, tuple(id(t) for t in present))
+    stamp = (tuple(t._version for t in present), torch.is_grad_enabled())
+    hit = _derived_cache.get(key)
+    if hit is not None and hit[1] == stamp and all(r() is t for r, t in zip(hit[0], present)):
+        return hit[2]
+    value = make()
+    _derived_cache[key] = ([weakref.ref(t) for t in present], stamp, value)
+    if len(_derived_cache) > 256:  # parameter sets that are gone: drop the oldest entries
+        for stale in list(_derived_cache)[:128]:
+            del _derived_cache[stale]
+    return value
+
+
+def _autocast_params(params: BlockParams, dtype: torch.dtype) -> BlockParams:
+    """The matrices in the autocast dtype (the scan parameters stay fp32); differentiable."""
+    matrices = [k for k in BlockParams._fields if k not in SCAN_PARAMS]
+    return _derived(("autocast", dtype), tuple(params),
+                    lambda: params.map(lambda v: v.to(dtype), matrices))
+
+
+def _scan_A(A_log: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A = -exp(A_log) (E, N) in the state dtype of activations `dtype` (the step's input)."""
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        return _derived(("A", state_dtype), (A_log,),
+                        lambda: A_log.to(state_dtype).exp().neg_())
 
 
 def _autocast_dtype(h: torch.Tensor) -> torch.dtype | None:
@@ -117,30 +145,37 @@ def _autocast_dtype(h: torch.Tensor) -> torch.dtype | None:
 def metamamba_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
     """One MetaMamba block. h: (batch, L, D) -> (batch, L, D).
 
-    params: dict with the keys of reference.PARAM_NAMES (mixer1_bias, mixer2_* may be None).
+    params: a BlockParams (or a mapping with its field names; mixer1_bias, mixer2_* may be None).
     mixer: "conv" | "line" | "double-conv" | "double-line" | "dense" (= "line", one modality).
     The block adds the residual h1 around the SSM when residual_ssm or for the double mixers.
     """
+    params = BlockParams.of(params)
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
     if not _extension.uses_ops(h.device):
         return reference.metamamba_block_ref(h, params, mixer, n_modalities, residual_ssm, eps)
     compute_dtype = _autocast_dtype(h)
     if compute_dtype is not None:
         h = h.to(compute_dtype)
+        params = _autocast_params(params, compute_dtype)
     with torch.autocast(h.device.type, enabled=False):
-        return torch.ops.dmm.metamamba_block_fwd(h, *_param_list(params, compute_dtype), mixer,
-                                                 n_modalities, residual_ssm, eps)
+        return torch.ops.dmm.metamamba_block_fwd(h, *params, mixer, n_modalities, residual_ssm,
+                                                 eps)[0]
 
 
 def _block_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:16])
-    ctx.config = inputs[16:]
+    h, params, ctx.config = inputs[0], inputs[1:1 + _N_PARAMS], inputs[1 + _N_PARAMS:]
+    saved = output[1:]  # the activations the backward op reads (csrc/block/params.h)
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients (launches) for the 7 saved outputs
+    ctx.save_for_backward(h, *params, *saved)
 
 
-def _block_backward(ctx, dout):
-    inputs = ctx.saved_tensors
-    grads = torch.ops.dmm.metamamba_block_bwd(dout, *inputs, *ctx.config)
-    return tuple(_none_if_absent(g, x) for g, x in zip(grads, inputs)) + (None,) * len(ctx.config)
+def _block_backward(ctx, dout, *_):
+    h, *rest = ctx.saved_tensors
+    params = rest[:_N_PARAMS]
+    grads = torch.ops.dmm.metamamba_block_bwd(_zeros_if_none(dout, h), h, *rest, *ctx.config)
+    return (grads[0], *(_none_if_absent(g, p) for g, p in zip(grads[1:], params)),
+            *(None,) * len(ctx.config))
 
 
 def metamamba_prefill(h, params, mixer="conv", n_modalities=3, residual_ssm=False, eps=1e-5):
@@ -163,8 +198,11 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
     """One token through the block, updating `cache` (from allocate_step_cache) in place.
 
     h_t: (batch, D) is token number `position` of the sequence; returns (batch, D).
-    Stepping a whole sequence from a zero cache equals metamamba_block on it.
+    Stepping a whole sequence from a zero cache equals metamamba_block on it. With the compiled
+    ops the call makes no host sync and allocates only its output, so the steps of all layers
+    can be captured in one CUDA graph (A = -exp(A_log) is made once per parameter version).
     """
+    params = BlockParams.of(params)
     mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
     if not _extension.uses_ops(h_t.device):
         out, new_cache = reference.metamamba_step_ref(h_t, cache, params, mixer, n_modalities,
@@ -174,8 +212,8 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
                 cache[key].copy_(value)
         return out
     return torch.ops.dmm.metamamba_step(
-        h_t, cache["mixer1_cache"], cache.get("mixer2_cache"), cache["ssm_state"],
-        *_param_list(params, None), mixer, n_modalities, residual_ssm, eps, position)
+        h_t, cache["mixer1_cache"], cache.get("mixer2_cache"), cache["ssm_state"], *params,
+        _scan_A(params.A_log, h_t.dtype), mixer, n_modalities, residual_ssm, eps, position)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,13 +240,15 @@ def _register():
         state_dtype = torch.float64 if any(t is not None and t.dtype == torch.float64
                                            for t in tensors) else torch.float32
         last_state = u.new_empty(batch, E, A.shape[1], dtype=state_dtype)
-        return _new(u), last_state
+        return torch.empty_like(u), last_state
 
     @torch.library.register_fake(lib + "selective_scan_bwd")
     def _(dout, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-        return (_new(u), _new(delta), _new(A),
+        # du / ddelta / dz in the layout of u / delta / z, as out (mamba-ssm's empty_like)
+        return (torch.empty_like(u), torch.empty_like(delta), _new(A),
                 _new(B), _new(C), _new_or_absent(D, u.device),
-                _new_or_absent(z, u.device), _new_or_absent(delta_bias, u.device))
+                torch.empty(0, device=u.device) if z is None else torch.empty_like(z),
+                _new_or_absent(delta_bias, u.device))
 
     @torch.library.register_fake(lib + "modal_mix_fwd")
     def _(u, weight, bias, kind, n_modalities, phase):
@@ -221,11 +261,18 @@ def _register():
 
     @torch.library.register_fake(lib + "metamamba_block_fwd")
     def _(h, *args):
-        return _new(h)
+        p = BlockParams(*args[:_N_PARAMS])
+        mixer = args[_N_PARAMS]
+        batch, L, _ = h.shape
+        (E, N), R = p.A_log.shape, p.dt_proj_weight.shape[1]
+        width = h.new_empty(batch, L, E)
+        xm = _new(width) if mixer.startswith("double-") else h.new_empty(0)
+        return (_new(h), _new(h), _new(h), h.new_empty(batch, L, 2 * E), xm, _new(width),
+                h.new_empty(batch, L, R + 2 * N), _new(width))
 
     @torch.library.register_fake(lib + "metamamba_block_bwd")
     def _(dout, h, *args):
-        return tuple(_new_or_absent(t, h.device) for t in (h, *args[:15]))
+        return [_new_or_absent(t, h.device) for t in (h, *args[:_N_PARAMS])]
 
     @torch.library.register_fake(lib + "metamamba_step")
     def _(h_t, *args):

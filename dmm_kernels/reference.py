@@ -10,12 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dmm_kernels.params import BlockParams
+
 MIXERS = ("conv", "line", "double-conv", "double-line")
-PARAM_NAMES = (
-    "norm1_weight", "norm1_bias", "mixer1_weight", "mixer1_bias", "norm2_weight", "norm2_bias",
-    "in_proj_weight", "mixer2_weight", "mixer2_bias", "x_proj_weight", "dt_proj_weight",
-    "dt_proj_bias", "A_log", "D", "out_proj_weight",
-)
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -137,13 +134,13 @@ def _split_mixer(mixer: str) -> tuple[str, bool]:
     return mixer.removeprefix("double-"), mixer.startswith("double-")
 
 
-def _ssm_inputs(x, p, ct):
+def _ssm_inputs(x, p):
     """x: (batch, L, E) after SiLU -> delta (pre-softplus, no bias), Bc, Cc (batch, L, ...)."""
-    R = p["dt_proj_weight"].shape[1]
-    N = p["A_log"].shape[1]
-    x_dbl = x @ p["x_proj_weight"].to(ct).T                               # (batch, L, R+2N)
+    R = p.dt_proj_weight.shape[1]
+    N = p.A_log.shape[1]
+    x_dbl = x @ p.x_proj_weight.T                                         # (batch, L, R+2N)
     dt_low, Bc, Cc = x_dbl.split([R, N, N], dim=-1)
-    delta = dt_low @ p["dt_proj_weight"].to(ct).T                         # (batch, L, E)
+    delta = dt_low @ p.dt_proj_weight.T                                   # (batch, L, E)
     return delta, Bc, Cc
 
 
@@ -164,29 +161,30 @@ def block_composite(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
     mixer, n_modalities = canonical_mixer(mixer, n_modalities)
     kind, double = _split_mixer(mixer)
     out_dtype = h.dtype
-    ct = _compute_dtype(h, *(v for v in params.values() if isinstance(v, torch.Tensor)))
-    p = {k: _up(v, ct) for k, v in params.items()}
+    params = BlockParams.of(params)
+    ct = _compute_dtype(h, *params)
+    p = params.map(lambda v: v.to(ct))
     h = h.to(ct)
     D_model = h.shape[-1]
-    E = p["A_log"].shape[0]
-    u = F.layer_norm(h, (D_model,), p["norm1_weight"], p["norm1_bias"], eps)
-    h1 = h + mix(u, p["mixer1_weight"], p.get("mixer1_bias"), kind, n_modalities)
-    v = F.layer_norm(h1, (D_model,), p["norm2_weight"], p["norm2_bias"], eps)
-    x_in, z = (v @ p["in_proj_weight"].T).split([E, E], dim=-1)          # (batch, L, E) each
+    E = p.A_log.shape[0]
+    u = F.layer_norm(h, (D_model,), p.norm1_weight, p.norm1_bias, eps)
+    h1 = h + mix(u, p.mixer1_weight, p.mixer1_bias, kind, n_modalities)
+    v = F.layer_norm(h1, (D_model,), p.norm2_weight, p.norm2_bias, eps)
+    x_in, z = (v @ p.in_proj_weight.T).split([E, E], dim=-1)             # (batch, L, E) each
     x = x_in
     if double:
-        x = mix(x, p["mixer2_weight"], p.get("mixer2_bias"), kind, n_modalities)
+        x = mix(x, p.mixer2_weight, p.mixer2_bias, kind, n_modalities)
     x = F.silu(x)
-    delta, Bc, Cc = _ssm_inputs(x, p, ct)
+    delta, Bc, Cc = _ssm_inputs(x, p)
     y, last_state = scan(
-        x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(p["A_log"]),
-        Bc.transpose(1, 2), Cc.transpose(1, 2), p["D"], z.transpose(1, 2),
-        p["dt_proj_bias"], delta_softplus=True, return_last_state=True,
+        x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(p.A_log),
+        Bc.transpose(1, 2), Cc.transpose(1, 2), p.D, z.transpose(1, 2),
+        p.dt_proj_bias, delta_softplus=True, return_last_state=True,
     )
-    out = y.transpose(1, 2) @ p["out_proj_weight"].T                     # (batch, L, D)
+    out = y.transpose(1, 2) @ p.out_proj_weight.T                        # (batch, L, D)
     if residual_ssm or double:
         out = out + h1
-    W = window_of(p["mixer1_weight"], kind, D_model)
+    W = window_of(p.mixer1_weight, kind, D_model)
     cache = {
         "mixer1_cache": _last_inputs(u, W).to(out_dtype),                 # (batch, W-1, D)
         "mixer2_cache": _last_inputs(x_in, W).to(out_dtype) if double else None,  # (batch, W-1, E)
@@ -203,9 +201,10 @@ def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=Fa
 def allocate_step_cache_ref(batch, params, mixer="conv", dtype=torch.float32, device="cpu"):
     """Zero cache for metamamba_step: the last W-1 mixer inputs and the SSM state (fp32)."""
     kind, double = _split_mixer(mixer)
-    D_model = params["norm1_weight"].shape[0]
-    E, N = params["A_log"].shape
-    W = window_of(params["mixer1_weight"], kind, D_model)
+    params = BlockParams.of(params)
+    D_model = params.norm1_weight.shape[0]
+    E, N = params.A_log.shape
+    W = window_of(params.mixer1_weight, kind, D_model)
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return {
         "mixer1_cache": torch.zeros(batch, W - 1, D_model, dtype=dtype, device=device),
@@ -237,30 +236,31 @@ def metamamba_step_ref(h_t, cache, params, mixer="conv", n_modalities=3, residua
     mixer, n_modalities = canonical_mixer(mixer, n_modalities)
     kind, double = _split_mixer(mixer)
     out_dtype = h_t.dtype
-    ct = _compute_dtype(h_t, *(v for v in params.values() if isinstance(v, torch.Tensor)))
-    p = {k: _up(v, ct) for k, v in params.items()}
+    params = BlockParams.of(params)
+    ct = _compute_dtype(h_t, *params)
+    p = params.map(lambda v: v.to(ct))
     h_t = h_t.to(ct)
     D_model = h_t.shape[-1]
-    E, N = p["A_log"].shape
+    E, N = p.A_log.shape
     m = position % n_modalities
-    u = F.layer_norm(h_t, (D_model,), p["norm1_weight"], p["norm1_bias"], eps)
-    mixed, mixer1_cache = _mix_step(cache["mixer1_cache"].to(ct), u, p["mixer1_weight"],
-                                    p.get("mixer1_bias"), kind, m)
+    u = F.layer_norm(h_t, (D_model,), p.norm1_weight, p.norm1_bias, eps)
+    mixed, mixer1_cache = _mix_step(cache["mixer1_cache"].to(ct), u, p.mixer1_weight,
+                                    p.mixer1_bias, kind, m)
     h1 = h_t + mixed
-    v = F.layer_norm(h1, (D_model,), p["norm2_weight"], p["norm2_bias"], eps)
-    x, z = (v @ p["in_proj_weight"].T).split([E, E], dim=-1)              # (batch, E) each
+    v = F.layer_norm(h1, (D_model,), p.norm2_weight, p.norm2_bias, eps)
+    x, z = (v @ p.in_proj_weight.T).split([E, E], dim=-1)                 # (batch, E) each
     mixer2_cache = None
     if double:
-        x, mixer2_cache = _mix_step(cache["mixer2_cache"].to(ct), x, p["mixer2_weight"],
-                                    p.get("mixer2_bias"), kind, m)
+        x, mixer2_cache = _mix_step(cache["mixer2_cache"].to(ct), x, p.mixer2_weight,
+                                    p.mixer2_bias, kind, m)
     x = F.silu(x)
-    delta, Bc, Cc = _ssm_inputs(x, p, ct)                                 # (batch, E), (batch, N)
-    delta = F.softplus(delta + p["dt_proj_bias"])
-    A = -torch.exp(p["A_log"])                                            # (E, N)
+    delta, Bc, Cc = _ssm_inputs(x, p)                                     # (batch, E), (batch, N)
+    delta = F.softplus(delta + p.dt_proj_bias)
+    A = -torch.exp(p.A_log)                                               # (E, N)
     state = cache["ssm_state"].to(ct)
     state = torch.exp(delta[..., None] * A) * state + (delta * x)[..., None] * Bc[:, None]
-    y = (state * Cc[:, None]).sum(-1) + p["D"] * x                        # (batch, E)
-    out = (y * F.silu(z)) @ p["out_proj_weight"].T
+    y = (state * Cc[:, None]).sum(-1) + p.D * x                           # (batch, E)
+    out = (y * F.silu(z)) @ p.out_proj_weight.T
     if residual_ssm or double:
         out = out + h1
     new_cache = {
@@ -291,19 +291,18 @@ def make_block_params(d_model, mixer="conv", expand=2, d_state=16, window=6, n_m
             return rand(n_modalities, window, width, scale=window ** -0.5)
         return rand(n_modalities, width, window * width, scale=(window * width) ** -0.5)
 
-    p = {
-        "norm1_weight": 1 + rand(d_model, scale=0.1), "norm1_bias": rand(d_model, scale=0.1),
-        "mixer1_weight": mixer_weight(d_model),
-        "mixer1_bias": rand(n_modalities, d_model, scale=0.1) if kind == "conv" else None,
-        "norm2_weight": 1 + rand(d_model, scale=0.1), "norm2_bias": rand(d_model, scale=0.1),
-        "in_proj_weight": rand(2 * E, d_model, scale=d_model ** -0.5),
-        "mixer2_weight": mixer_weight(E) if double else None,
-        "mixer2_bias": rand(n_modalities, E, scale=0.1) if double and kind == "conv" else None,
-        "x_proj_weight": rand(R + 2 * d_state, E, scale=E ** -0.5),
-        "dt_proj_weight": rand(E, R, scale=R ** -0.5),
-        "dt_proj_bias": rand(E, scale=0.5) - 3.0,
-        "A_log": torch.log(torch.arange(1, d_state + 1, dtype=torch.float64)).repeat(E, 1).to(device, dtype),
-        "D": 1 + rand(E, scale=0.1),
-        "out_proj_weight": rand(d_model, E, scale=E ** -0.5),
-    }
-    return p
+    return BlockParams(
+        norm1_weight=1 + rand(d_model, scale=0.1), norm1_bias=rand(d_model, scale=0.1),
+        mixer1_weight=mixer_weight(d_model),
+        mixer1_bias=rand(n_modalities, d_model, scale=0.1) if kind == "conv" else None,
+        norm2_weight=1 + rand(d_model, scale=0.1), norm2_bias=rand(d_model, scale=0.1),
+        in_proj_weight=rand(2 * E, d_model, scale=d_model ** -0.5),
+        mixer2_weight=mixer_weight(E) if double else None,
+        mixer2_bias=rand(n_modalities, E, scale=0.1) if double and kind == "conv" else None,
+        x_proj_weight=rand(R + 2 * d_state, E, scale=E ** -0.5),
+        dt_proj_weight=rand(E, R, scale=R ** -0.5),
+        dt_proj_bias=rand(E, scale=0.5) - 3.0,
+        A_log=torch.log(torch.arange(1, d_state + 1, dtype=torch.float64)).repeat(E, 1).to(device, dtype),
+        D=1 + rand(E, scale=0.1),
+        out_proj_weight=rand(d_model, E, scale=E ** -0.5),
+    )

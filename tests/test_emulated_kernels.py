@@ -17,6 +17,7 @@ import torch
 import dmm_kernels
 from conftest import EMULATED
 from dmm_kernels import reference as ref
+from dmm_kernels.params import SCAN_PARAMS
 
 pytestmark = pytest.mark.skipif(not EMULATED,
                                 reason="needs the emulated kernels' library (DMM_KERNELS_LIBRARY)")
@@ -97,10 +98,10 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def scan_grads(fn, x, seed=0):
-    xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+    xs = {k: None if v is None else v.clone().requires_grad_() for k, v in x.items()}
     out = fn(**xs, delta_softplus=True)
     out.backward(randn(*out.shape, dtype=out.dtype, seed=seed + 100))
-    return out.detach(), {k: v.grad for k, v in xs.items()}
+    return out.detach(), {k: v.grad for k, v in xs.items() if v is not None}
 
 
 @pytest.mark.parametrize("seed,N,G", [(1, 16, None), (2, 40, 2)])  # 1 / 2 states per lane; groups
@@ -127,6 +128,75 @@ def test_selective_scan_batch_one_low_precision(dtype):
     assert rel_err(out, ref_out) < tol
     for k in NAMES:
         assert rel_err(grads[k], ref_grads[k]) < 20 * tol, k
+
+
+# ---- the scan kernels' chunk and tile edges ----------------------------------------------------------
+# The forward runs chunks of 64 (L > 32) or 32 steps, the backward chunks of 32, each split over 4
+# lanes per channel; a CTA serves 32 channels (8 where N is large). E = 33 leaves a CTA with one
+# channel; the lengths put the last chunk at 1, 2, 31, 32, 33 steps and cross 64 chunks.
+@pytest.mark.parametrize("L,schedule", [(1, 0), (2, 5), (2047, 0), (2048, 5), (2049, 0), (4097, 5)])
+def test_scan_chunk_edges(L, schedule):  # schedule 0: in order; 5: a fuzzed thread / block order
+    torch.ops.dmm_emu.set_schedule_seed(schedule)
+    x = scan_inputs(batch=1, E=33, L=L, N=2, seed=L)
+    out, grads = scan_grads(dmm_kernels.selective_scan, x, seed=L)
+    ref_out, ref_grads = scan_grads(ref.selective_scan_ref, x, seed=L)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for k in NAMES:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
+@pytest.mark.parametrize("N,schedule", [(1, 6), (16, 0), (64, 6), (65, 0)])
+def test_scan_state_counts(N, schedule):
+    """N = 256 (float64: the single-warp configuration) is test_selective_scan's."""
+    torch.ops.dmm_emu.set_schedule_seed(schedule)
+    x = scan_inputs(batch=1, E=33, L=131, N=N, G=None, seed=N)
+    out, grads = scan_grads(dmm_kernels.selective_scan, x, seed=N)
+    ref_out, ref_grads = scan_grads(ref.selective_scan_ref, x, seed=N)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for k in NAMES:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-9, msg=k)
+
+
+def test_scan_batch_64_paper_shape():
+    """Batch 64 at the paper's sequence length (L = 24, one partial chunk), float32."""
+    x = scan_inputs(batch=64, E=5, L=24, N=16, dtype=torch.float32, seed=3)
+    out, grads = scan_grads(dmm_kernels.selective_scan, x)
+    ref_out, ref_grads = scan_grads(ref.selective_scan_ref, {k: v.double() for k, v in x.items()})
+    assert rel_err(out, ref_out) < 1e-6
+    for k in NAMES:
+        assert rel_err(grads[k], ref_grads[k]) < 1e-5, k
+
+
+def cancelling_inputs(dtype, seed=0):
+    """Scan inputs whose y_t = sum_n s_n C_n is a small difference of large terms: states come in
+    pairs with equal A and B, and C = (100 + c, -100) on a pair (c ~ 4, exact in both half types).
+    An accumulator in the half type loses y in the rounding of the large partial sums; float32
+    keeps it."""
+    x = scan_inputs(batch=1, E=40, L=70, N=16, dtype=torch.float64, seed=seed)
+    x["A"] = x["A"][:, :8].repeat_interleave(2, dim=1)
+    x["B"] = x["B"][:, :8].repeat_interleave(2, dim=1)
+    C = torch.full_like(x["C"], -100.0)                     # (batch, N, L)
+    C[:, 0::2] = 100.0 + (4 * x["C"][:, 0::2]).round()
+    x["C"] = C
+    x["D"] = None
+    x["z"] = None
+    return {k: None if v is None else v.to(dtype) if k in ("u", "delta", "B", "C") else v.float()
+            for k, v in x.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scan_low_precision_against_composite(dtype):
+    """The kernels against float64, beside the same-dtype composite (the reference from the same
+    rounded inputs, accumulating in float32, output rounded to the dtype): the kernels' error stays
+    within 1.5x of the composite's, on an input whose partial sums cancel."""
+    x = cancelling_inputs(dtype)
+    x64 = {k: None if v is None else v.double() for k, v in x.items()}
+    ref_out, ref_grads = scan_grads(ref.selective_scan_ref, x64)
+    out, grads = scan_grads(dmm_kernels.selective_scan, x)
+    comp_out, comp_grads = scan_grads(ref.selective_scan_ref, x)
+    assert rel_err(out, ref_out) <= 1.5 * rel_err(comp_out, ref_out) + 1e-7
+    for k in ("u", "delta", "B", "C"):
+        assert rel_err(grads[k], ref_grads[k]) <= 1.5 * rel_err(comp_grads[k], ref_grads[k]) + 1e-7, k
 
 
 # ---- deterministic mode (bug: float atomics made the gradient sums differ from run to run) ---------
@@ -234,8 +304,14 @@ def block_params(d_model, mixer, seed, dtype=torch.float64, **kw):
 
 
 def block_op(h, p, mixer, n_modalities=3, residual_ssm=False):
-    return torch.ops.dmm.metamamba_block_fwd(h, *[p.get(k) for k in ref.PARAM_NAMES], mixer,
-                                             n_modalities, residual_ssm, 1e-5)
+    return torch.ops.dmm.metamamba_block_fwd(h, *p, mixer, n_modalities, residual_ssm, 1e-5)[0]
+
+
+def step_op(h_t, cache, p, mixer, position, residual_ssm=False):
+    A = -torch.exp(p.A_log.to(cache["ssm_state"].dtype))
+    return torch.ops.dmm.metamamba_step(h_t, cache["mixer1_cache"], cache["mixer2_cache"],
+                                        cache["ssm_state"], *p, A, mixer, 3, residual_ssm, 1e-5,
+                                        position)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -265,15 +341,11 @@ def test_block_empty_inner_width(mixer):
     argument" on the GPU and an error in the emulator, which rejects a 0 grid dimension as the
     hardware does; the block now falls back to the composite."""
     p = block_params(8, mixer, seed=1, expand=1)
-    for k, v in p.items():  # the same parameters with E = 0: every E-sized dimension emptied
-        if v is not None and k not in ("norm1_weight", "norm1_bias", "mixer1_weight",
-                                       "mixer1_bias", "norm2_weight", "norm2_bias"):
-            E_dims = {"in_proj_weight": [0], "x_proj_weight": [1], "dt_proj_weight": [0],
-                      "dt_proj_bias": [0], "A_log": [0], "D": [0], "out_proj_weight": [1],
-                      "mixer2_weight": [2], "mixer2_bias": [1]}[k]
-            for dim in E_dims:
-                v = v.narrow(dim, 0, 0)
-            p[k] = v.contiguous()
+    # The same parameters with E = 0: every E-sized dimension emptied.
+    E_dims = {"in_proj_weight": 0, "x_proj_weight": 1, "dt_proj_weight": 0, "dt_proj_bias": 0,
+              "A_log": 0, "D": 0, "out_proj_weight": 1, "mixer2_weight": 2, "mixer2_bias": 1}
+    p = p._replace(**{k: v.narrow(E_dims[k], 0, 0).contiguous()
+                      for k, v in p.present().items() if k in E_dims})
     h = randn(2, 5, 8, seed=2)
     out = block_op(h, p, mixer)
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, mixer), rtol=1e-10, atol=1e-10)
@@ -283,9 +355,9 @@ def test_block_no_states_no_dt_rank():
     """Bug (block.cu before 88d0999): N == 0 with R == 0 gave row_bytes == 0 and an integer
     division by zero in the fused plan (SIGFPE); it now falls back to the composite."""
     p = block_params(8, "conv", seed=1, d_state=0)
-    E = p["in_proj_weight"].shape[0] // 2
-    p["x_proj_weight"] = torch.zeros(0, E, dtype=torch.float64)
-    p["dt_proj_weight"] = torch.zeros(E, 0, dtype=torch.float64)
+    E = p.in_proj_weight.shape[0] // 2
+    p = p._replace(x_proj_weight=torch.zeros(0, E, dtype=torch.float64),
+                   dt_proj_weight=torch.zeros(E, 0, dtype=torch.float64))
     h = randn(2, 5, 8, seed=2)
     out = block_op(h, p, "conv")
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, "conv"), rtol=1e-10, atol=1e-10)
@@ -305,9 +377,7 @@ def test_step_fuzzed_equals_block(mixer):
     p = block_params(40, mixer, seed=5)
     h = randn(2, 8, 40, seed=6)
     cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64, "cpu")
-    outs = [torch.ops.dmm.metamamba_step(h[:, t], cache["mixer1_cache"], cache["mixer2_cache"],
-                                         cache["ssm_state"], *[p.get(k) for k in ref.PARAM_NAMES],
-                                         mixer, 3, False, 1e-5, t) for t in range(8)]
+    outs = [step_op(h[:, t], cache, p, mixer, t) for t in range(8)]
     assert rel_err(torch.stack(outs, 1), ref.metamamba_block_ref(h, p, mixer)) < 1e-10
 
 
@@ -319,29 +389,48 @@ def blocks_during(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_wide_step_uses_opt_in_shared_memory(dtype):
-    """D = 1024: the step kernel needs more than 48 KB of shared memory (cudaFuncSetAttribute
-    opt-in, enforced by the emulator) and runs as one block per batch row; the fused forward shrinks
-    its preproj tile below 8 tokens. Low precisions round like the composite."""
-    p = block_params(1024, "conv", seed=22, dtype=dtype)
-    for k in ("A_log", "D", "dt_proj_bias"):
-        p[k] = p[k].float()
+def test_wide_step_and_block(dtype):
+    """D = 1024: the step's stages spread its rows over many blocks; the fused forward shrinks its
+    preproj tile below 8 tokens. Low precisions round like the composite."""
+    p = block_params(1024, "conv", seed=22, dtype=dtype).map(torch.Tensor.float, SCAN_PARAMS)
     h = randn(2, 4, 1024, dtype=dtype, seed=23)
     cache = ref.allocate_step_cache_ref(2, p, "conv", dtype, "cpu")
     outs = []
     for t in range(4):
-        out, blocks = blocks_during(lambda: torch.ops.dmm.metamamba_step(
-            h[:, t], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
-            *[p.get(k) for k in ref.PARAM_NAMES], "conv", 3, False, 1e-5, t))
-        assert blocks == 2  # the step kernel, one block per row (the composite launches nothing)
+        out, blocks = blocks_during(lambda: step_op(h[:, t], cache, p, "conv", t))
+        # in_proj 4096 rows, x_proj 96, out_proj 1024, 16 rows a block; the scan 16 channels a block
+        assert blocks == 2 * (4096 // 16 + 6 + 2048 // 16 + 1024 // 16)
         outs.append(out)
-    p64 = {k: None if v is None else v.double() for k, v in p.items()}
-    expected = ref.metamamba_block_ref(h.double(), p64, "conv")
+    expected = ref.metamamba_block_ref(h.double(), p.map(torch.Tensor.double), "conv")
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
     assert rel_err(torch.stack(outs, 1), expected) < tol
     fused, blocks = blocks_during(lambda: block_op(h, p, "conv"))
     assert blocks > 0
     assert rel_err(fused, expected) < tol
+
+
+@pytest.mark.parametrize("mixer", ["conv", "line", "double-conv", "double-line"])
+def test_step_batch_one_spreads_rows_over_blocks(mixer):
+    """Batch 1 at the paper's width (D 128, E 256, N 16): each stage spreads its weight rows over
+    blocks (one block per batch row was the old kernel), launches 4 stages for "conv", one more for
+    the line mixer_1 and one more for mixer_2, and equals the reference step by step."""
+    p = block_params(128, mixer, seed=4)
+    h = randn(1, 6, 128, seed=5)
+    cache = ref.allocate_step_cache_ref(1, p, mixer, torch.float64, "cpu")
+    ref_cache = {k: None if v is None else v.clone() for k, v in cache.items()}
+    launches = 4 + mixer.endswith("line") + mixer.startswith("double-")
+    blocks = (128 // 16 if mixer.endswith("line") else 0) + 512 // 16 \
+        + (256 // 16 if mixer.startswith("double-") else 0) + 3 + 256 // 16 + 128 // 16
+    for t in range(6):
+        before = torch.ops.dmm_emu.launches_run()
+        out, n_blocks = blocks_during(lambda: step_op(h[:, t], cache, p, mixer, t))
+        assert torch.ops.dmm_emu.launches_run() - before == launches
+        assert n_blocks == blocks
+        expected, ref_cache = ref.metamamba_step_ref(h[:, t], ref_cache, p, mixer, position=t)
+        assert rel_err(out, expected) < 1e-12
+        for key, value in cache.items():
+            if value is not None:
+                assert rel_err(value, ref_cache[key]) < 1e-12, key
 
 
 @pytest.mark.parametrize("mixer", ["line", "double-line"])

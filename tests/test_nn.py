@@ -138,7 +138,7 @@ def test_forward_matches_reference(mixer, preset):
     if mixer == "none":
         expected = plain_mamba_ref(h, blk)
     else:
-        expected = reference.metamamba_block_ref(h, blk.kernel_params(), mixer, blk.n_modalities,
+        expected = reference.metamamba_block_ref(h, blk.block_params(), mixer, blk.n_modalities,
                                                  blk.residual_ssm, blk.eps)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 

@@ -79,38 +79,36 @@ def test_opcheck_modal_mix(device, kind, bias):
 def _block_args(device, mixer, requires_grad=True):
     params = reference.make_block_params(8, mixer, expand=2, d_state=4, window=3, device=device,
                                          generator=torch.Generator().manual_seed(2))
-    values = [params[k] for k in reference.PARAM_NAMES]
     h = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(3)).to(device)
-    for t in (h, *values):
-        if t is not None:
-            t.requires_grad_(requires_grad)
-    return h, values, params
+    params = params.map(lambda t: t.requires_grad_(requires_grad))
+    return h.requires_grad_(requires_grad), params
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mixer", ["conv", "double-line"])
 def test_opcheck_metamamba_block(device, mixer):
-    h, values, _ = _block_args(device, mixer)
+    h, params = _block_args(device, mixer)
     config = (mixer, 3, False, 1e-5)
-    torch.library.opcheck(torch.ops.dmm.metamamba_block_fwd.default, (h, *values, *config),
+    torch.library.opcheck(torch.ops.dmm.metamamba_block_fwd.default, (h, *params, *config),
                           test_utils=OPCHECK_TESTS)
-    plain = [None if t is None else t.detach() for t in (h, *values)]
+    h, params = h.detach(), params.map(torch.Tensor.detach)
+    _, *saved = torch.ops.dmm.metamamba_block_fwd(h, *params, *config)
     dout = torch.randn_like(h)
-    torch.library.opcheck(torch.ops.dmm.metamamba_block_bwd.default, (dout, *plain, *config),
-                          test_utils=OPCHECK_TESTS)
+    torch.library.opcheck(torch.ops.dmm.metamamba_block_bwd.default,
+                          (dout, h, *params, *saved, *config), test_utils=OPCHECK_TESTS)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mixer", ["conv", "double-conv"])
 def test_opcheck_metamamba_step(device, mixer):
-    _, values, params = _block_args(device, mixer, requires_grad=False)
+    _, params = _block_args(device, mixer, requires_grad=False)
     cache = dmm_kernels.allocate_step_cache(2, params, mixer, device=device)
     cache["ssm_state"].normal_()
     h_t = torch.randn(2, 8, device=device)
     torch.library.opcheck(
         torch.ops.dmm.metamamba_step.default,
-        (h_t, cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *values, mixer, 3,
-         False, 1e-5, 4),
+        (h_t, cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *params,
+         -torch.exp(params.A_log), mixer, 3, False, 1e-5, 4),
         test_utils=("test_schema", "test_faketensor"))
 
 
@@ -119,7 +117,7 @@ def test_torch_compile_fullgraph(device):
     """A function calling every op compiles without graph breaks and matches eager."""
     u, delta, A, B, C, D, z, delta_bias = _scan_inputs(device, requires_grad=False)
     mix_u, mix_w, mix_b = _mix_inputs(device, "conv", True, requires_grad=False)
-    h, _, params = _block_args(device, "line", requires_grad=False)
+    h, params = _block_args(device, "line", requires_grad=False)
 
     def f(u, delta, mix_u, h):
         y = dmm_kernels.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
@@ -175,15 +173,13 @@ def test_fallback_warns_once_when_extension_missing(tmp_path):
 
 def test_block_under_autocast_runs_in_autocast_dtype():
     """Under CPU autocast the block computes in bf16 and fp32 parameters still get gradients."""
-    h, _, params = _block_args("cpu", "conv")
-    expected = reference.metamamba_block_ref(h.double(), {k: None if v is None else v.double()
-                                                          for k, v in params.items()})
+    h, params = _block_args("cpu", "conv")
+    expected = reference.metamamba_block_ref(h.double(), params.map(torch.Tensor.double))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = dmm_kernels.metamamba_block(h, params, "conv")
     assert out.dtype == torch.bfloat16
     scale = expected.abs().max()
     assert (out.double() - expected).abs().max() < 0.03 * scale
     out.float().sum().backward()
-    for name, p in params.items():
-        if p is not None:
-            assert p.grad is not None and p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name
+    for name, p in params.present().items():
+        assert p.grad is not None and p.grad.dtype == p.dtype and torch.isfinite(p.grad).all(), name

@@ -40,7 +40,7 @@ def test_steps_equal_block_fp64(mixer, n_modalities, residual_ssm, device, batch
     torch.testing.assert_close(full, full_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(stepped, full, rtol=1e-10, atol=1e-10)
     # mixer1_cache holds the last W-1 LayerNorm_1 outputs, oldest first, zeros before token 0.
-    u = F.layer_norm(h, (h.shape[-1],), params["norm1_weight"], params["norm1_bias"], EPS)
+    u = F.layer_norm(h, (h.shape[-1],), params.norm1_weight, params.norm1_bias, EPS)
     expected = F.pad(u, (0, 0, window - 1, 0))[:, -(window - 1):]
     torch.testing.assert_close(cache["mixer1_cache"], expected, rtol=1e-12, atol=1e-12)
 
@@ -67,8 +67,7 @@ def test_step_matches_step_reference_fp32(mixer, device):
             assert value.data_ptr() == ptrs[key], f"{key} was not updated in place"
             torch.testing.assert_close(value, ref_cache[key], rtol=1e-5, atol=1e-5,
                                        msg=lambda m, k=key, t=t: f"{k} after step {t}: {m}")
-    full = reference.metamamba_block_ref(h.double(), {k: None if v is None else v.double()
-                                                      for k, v in params.items()}, mixer)
+    full = reference.metamamba_block_ref(h.double(), params.map(torch.Tensor.double), mixer)
     torch.testing.assert_close(out.double(), full[:, -1], rtol=1e-4, atol=1e-5)
 
 
@@ -92,8 +91,8 @@ def _step_args(mixer="conv", **cache_overrides):
     h, params = make_case(mixer)
     cache = dmm_kernels.allocate_step_cache(2, params, mixer, h.dtype, "cpu")
     cache.update(cache_overrides)
-    return (h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
-            *[params[k] for k in reference.PARAM_NAMES], mixer, 3, False, EPS, 0)
+    return (h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"], *params,
+            -torch.exp(params.A_log), mixer, 3, False, EPS, 0)
 
 
 @requires_extension
@@ -136,6 +135,14 @@ def test_error_double_mixer_needs_mixer2_cache():
 def test_error_single_mixer_rejects_mixer2_cache():
     args = _step_args("line", mixer2_cache=torch.zeros(2, 2, 16, dtype=torch.float64))
     with pytest.raises(RuntimeError, match=r"mixer2_cache must be None for a single mixer"):
+        torch.ops.dmm.metamamba_step(*args)
+
+
+@requires_extension
+def test_error_A_shape():
+    args = list(_step_args())
+    args[4 + 15] = torch.zeros(4, 16, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"A must be \(E, N\) = \(16, 4\); got \(4, 16\)"):
         torch.ops.dmm.metamamba_step(*args)
 
 

@@ -62,11 +62,10 @@ def test_mixer_kernels_compile(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_block_kernels_compile(mixer, dtype):
     p = reference.make_block_params(48, mixer, dtype=dtype)
-    params = [p.get(k) for k in reference.PARAM_NAMES]
     h = torch.randn(2, 7, 48, dtype=dtype)
     cache = reference.allocate_step_cache_ref(2, p, mixer, dtype)
     with aot.recorded_launches(all_configs=False) as launches:
-        block.block_fwd(h, params, mixer, 3, False, 1e-5)
+        block.block_fwd(h, p, mixer, 3, False, 1e-5)
         block.step(h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
-                   params, mixer, 3, False, 1e-5, 0)
+                   p, mixer, 3, False, 1e-5, 0)
     _compile_all(launches)

@@ -26,9 +26,8 @@ revert("cuda/modal_mix.cu", "empty_output({s.d.batch, s.d.len, s.d.dim_out}, col
 revert("cuda/modal_mix.cu", "const int64_t D_out = s.d.dim_out, WD", "const int64_t D_out = s.d.dim, WD")
 revert("cuda/modal_mix.cu", '{s.d.batch, s.d.len, s.d.dim_out}, "(batch, L, D_out)"', 'u.sizes(), "(batch, L, D)"')
 # 2. E == 0 and N == R == 0 in the fused plan (csrc/cuda/block.cu before 88d0999)
-revert("cuda/block.cu", "d.N > 32 || d.E == 0 ||", "d.N > 32 ||")
-revert("cuda/block.cu", "if (row_bytes == 0 || row_bytes > kDefaultSmem) return p;",
-       "if (row_bytes > kDefaultSmem) return p;")
+revert("cuda/block.cu", "d.N > kScanMaxStates || d.E == 0 ||", "d.N > kScanMaxStates ||")
+revert("cuda/block.cu", "  if (d.R == 0) return p;  // the scan's dt_proj needs a rank\n", "")
 # 2b. any window W in the fused forward (the backward rejects W > 16)
 revert("cuda/block.cu", "d.W1 > kMaxModalMixWindow ||\n      (spec.is_double && d.W2 > kMaxModalMixWindow))",
        "false)")
@@ -37,7 +36,8 @@ revert("cuda/selective_scan.cu", "const bool det = at::globalContext().determini
        "const bool det = false;")
 revert("cuda/modal_mix.cu", "s.p.split_partials = at::globalContext().deterministicAlgorithms() && splits > 1;",
        "s.p.split_partials = false;")
-# 4. in_ptr of an absent optional read the dtype of an undefined tensor (found by the emulator)
+# 4. in_ptr of an absent optional read the dtype of an undefined tensor (found by the emulator; the
+#    scan reads its optionals through views since issue 18: the line path's LayerNorm without `add`)
 revert("cuda/common.cuh",
        "  if (!t.defined() || t.numel() == 0) return InPtr{};\n",
        "  const DType dt = dtype_tag(t.scalar_type());\n  if (t.numel() == 0) return InPtr{};\n  (void)dt;\n")
@@ -50,7 +50,7 @@ TESTS=(
   "tests/test_emulated_kernels.py::test_block_no_states_no_dt_rank"
   "tests/test_block_cuda.py::test_block_rejects_what_backward_rejects"
   "tests/test_emulated_kernels.py::test_deterministic_mode_is_bit_identical"
-  "tests/test_selective_scan.py::test_absent_optionals_give_empty_grads"
+  "tests/test_block_cuda.py::test_block_float64_matches_reference[1-7-48-line]"
 )
 status=0
 for t in "${TESTS[@]}"; do

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <vector>
 
-namespace dmm::composite {
+namespace dmm {
 namespace {
 
 using at::Tensor;
@@ -96,90 +96,19 @@ at::ScalarType state_dtype(at::ScalarType cdt) {
 }
 Tensor as(const Tensor& t, at::ScalarType dt) { return t.scalar_type() == dt ? t : t.to(dt); }
 OptTensor as(const OptTensor& t, at::ScalarType dt) {
-  return t.has_value() && t->defined() ? OptTensor(as(*t, dt)) : std::nullopt;
+  return present(t) ? OptTensor(as(*t, dt)) : std::nullopt;
 }
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 // Gradient of an absent optional input: numel 0, float32 (what the fake kernel in ops.py says).
 Tensor absent_grad(const Tensor& like) { return at::empty({0}, like.options().dtype(at::kFloat)); }
-// Gradient for an optional input: in its dtype, or numel 0 when it was absent.
-Tensor opt_grad(const Tensor& g, const OptTensor& t, const Tensor& like) {
-  if (!present(t)) return absent_grad(like);
-  return as(g, t->scalar_type());
+// A = -exp(A_log) (E, N) in the state dtype.
+Tensor scan_A(const Tensor& A_log, at::ScalarType cdt) {
+  return at::exp(as(A_log, state_dtype(cdt))).neg_();
 }
 
-// ---- forward with the intermediates the backward needs -----------------------------------------
-struct Params {  // in compute dtype; scan params in state dtype
-  Tensor n1w, n1b, m1w, n2w, n2b, w_in, w_x, w_dt, w_out, A, D, dt_bias;
-  OptTensor m1b, m2w, m2b;
-};
-
-Params cast_params(at::ScalarType cdt, const Tensor& norm1_weight, const Tensor& norm1_bias,
-                   const Tensor& mixer1_weight, const OptTensor& mixer1_bias,
-                   const Tensor& norm2_weight, const Tensor& norm2_bias,
-                   const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-                   const OptTensor& mixer2_bias, const Tensor& x_proj_weight,
-                   const Tensor& dt_proj_weight, const Tensor& dt_proj_bias, const Tensor& A_log,
-                   const Tensor& D, const Tensor& out_proj_weight) {
-  const auto sdt = state_dtype(cdt);
-  Params p;
-  p.n1w = as(norm1_weight, cdt);
-  p.n1b = as(norm1_bias, cdt);
-  p.m1w = as(mixer1_weight, cdt);
-  p.m1b = as(mixer1_bias, cdt);
-  p.n2w = as(norm2_weight, cdt);
-  p.n2b = as(norm2_bias, cdt);
-  p.w_in = as(in_proj_weight, cdt);
-  p.m2w = as(mixer2_weight, cdt);
-  p.m2b = as(mixer2_bias, cdt);
-  p.w_x = as(x_proj_weight, cdt);
-  p.w_dt = as(dt_proj_weight, cdt);
-  p.w_out = as(out_proj_weight, cdt);
-  p.A = -at::exp(as(A_log, sdt));  // (E, N)
-  p.D = as(D, sdt).contiguous();
-  p.dt_bias = as(dt_proj_bias, sdt).contiguous();
-  return p;
-}
-
-struct Acts {
-  Tensor u, mean1, rstd1;  // LN1: (B, L, D), stats
-  Tensor h1, v, mean2, rstd2;
-  Tensor x0;               // in_proj x half, input of mixer2 (B, L, E)
-  Tensor xm;               // pre-SiLU x (B, L, E)
-  Tensor xs;               // SiLU(xm) (B, L, E)
-  Tensor dt_low;           // (B, L, R)
-  // Scan inputs in mamba-ssm layout, contiguous: (B, E, L) / (B, N, L).
-  Tensor xs_t, delta_t, B_t, C_t, z_t;
-  Tensor y_t;              // scan output (B, E, L)
-  Tensor out;              // (B, L, D) incl. residual
-};
-
-Acts forward_acts(const Tensor& h, const Params& p, const MixerSpec& spec, const BlockDims& d,
-                  int64_t M, bool residual, double eps) {
-  Acts a;
-  const int64_t D = d.D, E = d.E, N = d.N, R = d.R;
-  std::tie(a.u, a.mean1, a.rstd1) = at::native_layer_norm(h, {D}, p.n1w, p.n1b, eps);
-  const Tensor mixed = mix_fwd_op().call(a.u, p.m1w, p.m1b, spec.kind, M, 0);  // (B, L, D)
-  a.h1 = h + mixed;
-  std::tie(a.v, a.mean2, a.rstd2) = at::native_layer_norm(a.h1, {D}, p.n2w, p.n2b, eps);
-  const Tensor xz = at::linear(a.v, p.w_in);  // (B, L, 2E)
-  a.x0 = xz.narrow(-1, 0, E).contiguous();    // (B, L, E)
-  const Tensor z = xz.narrow(-1, E, E);       // (B, L, E)
-  a.xm = spec.is_double ? mix_fwd_op().call(a.x0, *p.m2w, p.m2b, spec.kind, M, 0) : a.x0;
-  a.xs = at::silu(a.xm);
-  const Tensor x_dbl = at::linear(a.xs, p.w_x);  // (B, L, R + 2N)
-  a.dt_low = x_dbl.narrow(-1, 0, R);             // (B, L, R)
-  const Tensor delta = at::linear(a.dt_low, p.w_dt);  // (B, L, E); bias + softplus in the scan
-  a.xs_t = a.xs.transpose(1, 2).contiguous();
-  a.delta_t = delta.transpose(1, 2).contiguous();
-  a.B_t = x_dbl.narrow(-1, R, N).transpose(1, 2).contiguous();      // (B, N, L)
-  a.C_t = x_dbl.narrow(-1, R + N, N).transpose(1, 2).contiguous();  // (B, N, L)
-  a.z_t = z.transpose(1, 2).contiguous();
-  a.y_t = std::get<0>(scan_fwd_op().call(a.xs_t, a.delta_t, p.A, a.B_t, a.C_t, p.D, a.z_t,
-                                         p.dt_bias, /*delta_softplus=*/true));
-  a.out = at::linear(a.y_t.transpose(1, 2), p.w_out);  // (B, L, D)
-  if (residual) a.out = a.out + a.h1;
-  return a;
-}
+// (B, L, C) block layout <-> the scan op's (B, C, L): a strided view, never a copy.
+Tensor tr(const Tensor& x) { return x.transpose(1, 2); }
+// (B, L, C) -> (B * L, C): a view when the strides allow (always for the block's own tensors).
+Tensor rows(const Tensor& x) { return x.flatten(0, x.dim() - 2); }  // (..., C) -> (rows, C), C may be 0
 
 // Window mixer for one token: `cache` (B, W-1, C) holds the previous W-1 inputs, oldest first;
 // `cur` (B, C). Returns (B, C) with modality m's filter and shifts `cur` into the cache.
@@ -212,195 +141,261 @@ MixerSpec parse_mixer(c10::string_view mixer) {
               "n_modalities=1 by dmm_kernels.metamamba_block)");
 }
 
-BlockDims check_block_params(
-    const char* op, const Tensor& h, const Tensor& norm1_weight, const Tensor& norm1_bias,
-    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
-    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
-    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
-    const Tensor& out_proj_weight, const MixerSpec& spec, int64_t n_modalities) {
+namespace composite {
+
+// The parameters as the block computes with them: matrices in the compute dtype `cdt`, the scan
+// parameters D and dt_proj_bias in the state dtype (no copy when they already are).
+BlockParams cast_params(const BlockParams& p, at::ScalarType cdt) {
+  const auto sdt = state_dtype(cdt);
+  return {as(p.norm1_weight, cdt), as(p.norm1_bias, cdt),    as(p.mixer1_weight, cdt),
+          as(p.mixer1_bias, cdt),  as(p.norm2_weight, cdt),  as(p.norm2_bias, cdt),
+          as(p.in_proj_weight, cdt), as(p.mixer2_weight, cdt), as(p.mixer2_bias, cdt),
+          as(p.x_proj_weight, cdt), as(p.dt_proj_weight, cdt), as(p.dt_proj_bias, sdt),
+          p.A_log,                   as(p.D, sdt),               as(p.out_proj_weight, cdt)};
+}
+
+BlockDims check_block_params(const char* op, const Tensor& h, const BlockParams& p,
+                             const MixerSpec& spec, int64_t n_modalities) {
   TORCH_CHECK(n_modalities >= 1, op, ": n_modalities must be >= 1; got ", n_modalities);
   TORCH_CHECK(at::isFloatingType(h.scalar_type()), op,
               ": h must be a floating-point tensor; got ", h.scalar_type());
-  TORCH_CHECK(A_log.defined() && A_log.dim() == 2, op,
+  TORCH_CHECK(p.A_log.defined() && p.A_log.dim() == 2, op,
               ": A_log must be (E, N) (inner width, state size); got ",
-              A_log.defined() ? shape_str(A_log.sizes()) : std::string("None"));
-  TORCH_CHECK(dt_proj_weight.defined() && dt_proj_weight.dim() == 2, op,
+              p.A_log.defined() ? shape_str(p.A_log.sizes()) : std::string("None"));
+  TORCH_CHECK(p.dt_proj_weight.defined() && p.dt_proj_weight.dim() == 2, op,
               ": dt_proj_weight must be (E, R) (inner width, dt rank); got ",
-              dt_proj_weight.defined() ? shape_str(dt_proj_weight.sizes()) : std::string("None"));
+              p.dt_proj_weight.defined() ? shape_str(p.dt_proj_weight.sizes())
+                                         : std::string("None"));
   BlockDims d;
   d.D = h.size(-1);
-  d.E = A_log.size(0);
-  d.N = A_log.size(1);
-  d.R = dt_proj_weight.size(1);
+  d.E = p.A_log.size(0);
+  d.N = p.A_log.size(1);
+  d.R = p.dt_proj_weight.size(1);
   d.M = n_modalities;
   const int64_t M = d.M, Dm = d.D, E = d.E, N = d.N, R = d.R;
-  check_param(op, norm1_weight, "norm1_weight", "(D,)", {Dm}, h);
-  check_param(op, norm1_bias, "norm1_bias", "(D,)", {Dm}, h);
-  d.W1 = check_mixer_weight(op, mixer1_weight, "mixer1_weight", spec.kind, M, Dm, h);
-  if (present(mixer1_bias))
-    check_param(op, *mixer1_bias, "mixer1_bias", "(n_modalities, D)", {M, Dm}, h);
-  check_param(op, norm2_weight, "norm2_weight", "(D,)", {Dm}, h);
-  check_param(op, norm2_bias, "norm2_bias", "(D,)", {Dm}, h);
-  check_param(op, in_proj_weight, "in_proj_weight", "(2*E, D)", {2 * E, Dm}, h);
+  check_param(op, p.norm1_weight, "norm1_weight", "(D,)", {Dm}, h);
+  check_param(op, p.norm1_bias, "norm1_bias", "(D,)", {Dm}, h);
+  d.W1 = check_mixer_weight(op, p.mixer1_weight, "mixer1_weight", spec.kind, M, Dm, h);
+  if (present(p.mixer1_bias))
+    check_param(op, *p.mixer1_bias, "mixer1_bias", "(n_modalities, D)", {M, Dm}, h);
+  check_param(op, p.norm2_weight, "norm2_weight", "(D,)", {Dm}, h);
+  check_param(op, p.norm2_bias, "norm2_bias", "(D,)", {Dm}, h);
+  check_param(op, p.in_proj_weight, "in_proj_weight", "(2*E, D)", {2 * E, Dm}, h);
   if (spec.is_double) {
-    TORCH_CHECK(present(mixer2_weight), op, ": mixer2_weight is required for a double mixer");
-    d.W2 = check_mixer_weight(op, *mixer2_weight, "mixer2_weight", spec.kind, M, E, h);
-    if (present(mixer2_bias))
-      check_param(op, *mixer2_bias, "mixer2_bias", "(n_modalities, E)", {M, E}, h);
+    TORCH_CHECK(present(p.mixer2_weight), op, ": mixer2_weight is required for a double mixer");
+    d.W2 = check_mixer_weight(op, *p.mixer2_weight, "mixer2_weight", spec.kind, M, E, h);
+    if (present(p.mixer2_bias))
+      check_param(op, *p.mixer2_bias, "mixer2_bias", "(n_modalities, E)", {M, E}, h);
   } else {
-    TORCH_CHECK(!present(mixer2_weight) && !present(mixer2_bias), op,
+    TORCH_CHECK(!present(p.mixer2_weight) && !present(p.mixer2_bias), op,
                 ": mixer2_weight / mixer2_bias must be None for a single mixer; use a "
                 "\"double-\" mixer to get a second mixer");
     d.W2 = 0;
   }
-  check_param(op, x_proj_weight, "x_proj_weight", "(R + 2*N, E)", {R + 2 * N, E}, h);
-  check_param(op, dt_proj_weight, "dt_proj_weight", "(E, R)", {E, R}, h);
-  check_param(op, dt_proj_bias, "dt_proj_bias", "(E,)", {E}, h);
-  check_param(op, A_log, "A_log", "(E, N)", {E, N}, h);
-  check_param(op, D, "D", "(E,)", {E}, h);
-  check_param(op, out_proj_weight, "out_proj_weight", "(D, E)", {Dm, E}, h);
+  check_param(op, p.x_proj_weight, "x_proj_weight", "(R + 2*N, E)", {R + 2 * N, E}, h);
+  check_param(op, p.dt_proj_weight, "dt_proj_weight", "(E, R)", {E, R}, h);
+  check_param(op, p.dt_proj_bias, "dt_proj_bias", "(E,)", {E}, h);
+  check_param(op, p.A_log, "A_log", "(E, N)", {E, N}, h);
+  check_param(op, p.D, "D", "(E,)", {E}, h);
+  check_param(op, p.out_proj_weight, "out_proj_weight", "(D, E)", {Dm, E}, h);
   return d;
 }
 
-Tensor metamamba_block_fwd(
-    const Tensor& h, const Tensor& norm1_weight, const Tensor& norm1_bias,
-    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
-    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
-    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
-    const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps) {
-  const auto spec = parse_mixer(mixer);
+BlockDims check_block(const Tensor& h, const BlockParams& p, const BlockConfig& cfg) {
   TORCH_CHECK(h.dim() == 3, "metamamba_block: h must be (B, L, D); got ", shape_str(h.sizes()));
-  const auto d = check_block_params("metamamba_block", h, norm1_weight, norm1_bias, mixer1_weight,
-                                    mixer1_bias, norm2_weight, norm2_bias, in_proj_weight,
-                                    mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight,
-                                    dt_proj_bias, A_log, D, out_proj_weight, spec, n_modalities);
-  if (h.numel() == 0) return at::empty_like(h, at::MemoryFormat::Contiguous);
-  const auto p = cast_params(h.scalar_type(), norm1_weight, norm1_bias, mixer1_weight, mixer1_bias,
-                             norm2_weight, norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias,
-                             x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                             out_proj_weight);
-  const bool residual = residual_ssm || spec.is_double;
-  return forward_acts(h.contiguous(), p, spec, d, n_modalities, residual, eps).out;
+  return check_block_params("metamamba_block", h, p, cfg.mixer, cfg.n_modalities);
 }
 
-BlockGrads metamamba_block_bwd(
-    const Tensor& dout, const Tensor& h, const Tensor& norm1_weight, const Tensor& norm1_bias,
-    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
-    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
-    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
-    const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps) {
-  const auto spec = parse_mixer(mixer);
-  TORCH_CHECK(h.dim() == 3, "metamamba_block_bwd: h must be (B, L, D); got ",
-              shape_str(h.sizes()));
-  TORCH_CHECK(dout.sizes() == h.sizes(), "metamamba_block_bwd: dout must have h's shape ",
-              shape_str(h.sizes()), "; got ", shape_str(dout.sizes()));
-  const auto d = check_block_params("metamamba_block_bwd", h, norm1_weight, norm1_bias,
-                                    mixer1_weight, mixer1_bias, norm2_weight, norm2_bias,
-                                    in_proj_weight, mixer2_weight, mixer2_bias, x_proj_weight,
-                                    dt_proj_weight, dt_proj_bias, A_log, D, out_proj_weight, spec,
-                                    n_modalities);
+void check_saved(const char* op, const Tensor& h, const BlockSaved& s, const BlockDims& d,
+                 const MixerSpec& spec) {
+  const int64_t B = h.size(0), L = h.size(1), E = d.E, P = d.R + 2 * d.N;
+  auto check = [&](const Tensor& x, const char* name, const char* formula,
+                   std::vector<int64_t> expected) {
+    check_param(op, x, name, formula, std::move(expected), h);
+    TORCH_CHECK(x.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ",
+                h.scalar_type(), " (the forward's output); got ", x.scalar_type());
+  };
+  check(s.h1, "h1", "(B, L, D)", {B, L, d.D});
+  check(s.v, "v", "(B, L, D)", {B, L, d.D});
+  check(s.xz, "xz", "(B, L, 2*E)", {B, L, 2 * E});
+  if (spec.is_double) check(s.xm, "xm", "(B, L, E)", {B, L, E});
+  check(s.xs, "xs", "(B, L, E)", {B, L, E});
+  check(s.x_dbl, "x_dbl", "(B, L, R + 2*N)", {B, L, P});
+  check(s.y, "y", "(B, L, E)", {B, L, E});
+}
+
+BlockFwdResult block_fwd(const Tensor& h_in, const BlockParams& params, const BlockConfig& cfg) {
+  const auto d = check_block(h_in, params, cfg);
+  const auto& spec = cfg.mixer;
   const int64_t Dm = d.D, E = d.E, N = d.N, R = d.R, M = d.M;
-  const auto cdt = h.scalar_type();
-  const bool residual = residual_ssm || spec.is_double;
-
-  if (h.numel() == 0) {  // empty batch or sequence: all gradients are zero
-    auto z = [](const Tensor& t) { return at::zeros_like(t, at::MemoryFormat::Contiguous); };
-    auto zo = [&](const OptTensor& t) { return present(t) ? z(*t) : absent_grad(h); };
-    return {z(h), z(norm1_weight), z(norm1_bias), z(mixer1_weight), zo(mixer1_bias),
-            z(norm2_weight), z(norm2_bias), z(in_proj_weight), zo(mixer2_weight),
-            zo(mixer2_bias), z(x_proj_weight), z(dt_proj_weight), z(dt_proj_bias), z(A_log),
-            z(D), z(out_proj_weight)};
+  const auto cdt = h_in.scalar_type();
+  BlockSaved s;
+  if (h_in.numel() == 0) {  // empty batch or sequence
+    const int64_t B = h_in.size(0), L = h_in.size(1);
+    auto empty = [&](int64_t width) { return at::empty({B, L, width}, h_in.options()); };
+    s = {empty(Dm), empty(Dm), empty(2 * E), spec.is_double ? empty(E) : h_in.new_empty({0}),
+         empty(E), empty(R + 2 * N), empty(E)};
+    return fwd_result(empty(Dm), s);
   }
-
-  const auto p = cast_params(cdt, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias,
-                             norm2_weight, norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias,
-                             x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                             out_proj_weight);
-  const Tensor hc = h.contiguous();
-  const Tensor g = as(dout, cdt).contiguous();  // (B, L, D)
-  const Acts a = forward_acts(hc, p, spec, d, M, /*residual=*/false, eps);
-
-  // out = y^T @ W_out^T
-  const Tensor y = a.y_t.transpose(1, 2);                                  // (B, L, E)
-  const Tensor dw_out = at::mm(g.reshape({-1, Dm}).t(), y.reshape({-1, E}));  // (D, E)
-  const Tensor dy_t = at::matmul(g, p.w_out).transpose(1, 2).contiguous();   // (B, E, L)
-
-  auto [dxs_t, ddelta_t, dA, dB_t, dC_t, dDskip, dz_t, ddt_bias] = scan_bwd_op().call(
-      dy_t, a.xs_t, a.delta_t, p.A, a.B_t, a.C_t, p.D, a.z_t, p.dt_bias, true);
-  const Tensor dA_log = dA * p.A;  // A = -exp(A_log)  =>  dA/dA_log = A
-
-  // delta = dt_low @ W_dt^T
-  const Tensor ddelta = ddelta_t.transpose(1, 2);                                   // (B, L, E)
-  const Tensor dw_dt = at::mm(ddelta.reshape({-1, E}).t(), a.dt_low.reshape({-1, R}));  // (E, R)
-  const Tensor ddt_low = at::matmul(ddelta, p.w_dt);                                // (B, L, R)
-
-  // x_dbl = xs @ W_x^T = [dt_low, B, C]
-  const Tensor dx_dbl = at::cat({ddt_low, dB_t.transpose(1, 2).to(cdt),
-                                 dC_t.transpose(1, 2).to(cdt)}, -1);  // (B, L, R + 2N)
-  const Tensor dw_x = at::mm(dx_dbl.reshape({-1, R + 2 * N}).t(), a.xs.reshape({-1, E}));
-  const Tensor dxs = dxs_t.transpose(1, 2) + at::matmul(dx_dbl, p.w_x);  // (B, L, E)
-  const Tensor dxm = at::silu_backward(dxs, a.xm);                       // (B, L, E)
-
-  Tensor dx0 = dxm, dm2w, dm2b;
-  if (spec.is_double) {
-    std::tie(dx0, dm2w, dm2b) =
-        mix_bwd_op().call(dxm.contiguous(), a.x0, *p.m2w, p.m2b, spec.kind, M, 0);
-  }
-
-  // xz = v @ W_in^T
-  const Tensor dxz = at::cat({dx0, dz_t.transpose(1, 2).to(cdt)}, -1);           // (B, L, 2E)
-  const Tensor dw_in = at::mm(dxz.reshape({-1, 2 * E}).t(), a.v.reshape({-1, Dm}));  // (2E, D)
-  const Tensor dv = at::matmul(dxz, p.w_in);                                     // (B, L, D)
-
-  auto [dh1, dn2w, dn2b] = at::native_layer_norm_backward(
-      dv, a.h1, {Dm}, a.mean2, a.rstd2, p.n2w, p.n2b, {true, true, true});
-  if (residual) dh1 = dh1 + g;  // out += h1
-
-  // h1 = h + mixer1(LN1(h))
-  auto [du, dm1w, dm1b] = mix_bwd_op().call(dh1.contiguous(), a.u, p.m1w, p.m1b, spec.kind, M, 0);
-  auto [dh_ln, dn1w, dn1b] = at::native_layer_norm_backward(
-      du, hc, {Dm}, a.mean1, a.rstd1, p.n1w, p.n1b, {true, true, true});
-  const Tensor dh = dh1 + dh_ln;
-
-  return {as(dh, h.scalar_type()),
-          as(dn1w, norm1_weight.scalar_type()),
-          as(dn1b, norm1_bias.scalar_type()),
-          as(dm1w, mixer1_weight.scalar_type()),
-          opt_grad(dm1b, mixer1_bias, h),
-          as(dn2w, norm2_weight.scalar_type()),
-          as(dn2b, norm2_bias.scalar_type()),
-          as(dw_in, in_proj_weight.scalar_type()),
-          spec.is_double ? opt_grad(dm2w, mixer2_weight, h) : absent_grad(h),
-          spec.is_double ? opt_grad(dm2b, mixer2_bias, h) : absent_grad(h),
-          as(dw_x, x_proj_weight.scalar_type()),
-          as(dw_dt, dt_proj_weight.scalar_type()),
-          as(ddt_bias, dt_proj_bias.scalar_type()),
-          as(dA_log, A_log.scalar_type()),
-          as(dDskip, D.scalar_type()),
-          as(dw_out, out_proj_weight.scalar_type())};
+  const auto p = cast_params(params, cdt);
+  const Tensor h = h_in.contiguous();
+  const Tensor u = at::layer_norm(h, {Dm}, p.norm1_weight, p.norm1_bias, cfg.eps);   // (B, L, D)
+  s.h1 = h + mix_fwd_op().call(u, p.mixer1_weight, p.mixer1_bias, spec.kind, M, 0);  // (B, L, D)
+  s.v = at::layer_norm(s.h1, {Dm}, p.norm2_weight, p.norm2_bias, cfg.eps);           // (B, L, D)
+  s.xz = at::linear(s.v, p.in_proj_weight);                                            // (B, L, 2E)
+  const Tensor x0 = s.xz.narrow(-1, 0, E), z = s.xz.narrow(-1, E, E);                 // (B, L, E)
+  s.xm = spec.is_double
+             ? mix_fwd_op().call(x0, *p.mixer2_weight, p.mixer2_bias, spec.kind, M, 0)
+             : h.new_empty({0});
+  s.xs = at::silu(spec.is_double ? s.xm : x0);                                          // (B, L, E)
+  s.x_dbl = at::linear(s.xs, p.x_proj_weight);                                  // (B, L, R + 2N)
+  const Tensor delta = at::linear(s.x_dbl.narrow(-1, 0, R), p.dt_proj_weight);  // (B, L, E)
+  // The scan reads the block layout through (B, C, L) views; its output has u's layout.
+  const Tensor y_t = std::get<0>(scan_fwd_op().call(
+      tr(s.xs), tr(delta), scan_A(p.A_log, cdt), tr(s.x_dbl.narrow(-1, R, N)),
+      tr(s.x_dbl.narrow(-1, R + N, N)), p.D, tr(z), p.dt_proj_bias, /*delta_softplus=*/true));
+  s.y = tr(y_t).contiguous();                                                      // (B, L, E)
+  const Tensor out = cfg.residual()
+                         ? at::addmm(rows(s.h1), rows(s.y), p.out_proj_weight.t())
+                         : at::mm(rows(s.y), p.out_proj_weight.t());  // (B * L, D)
+  return fwd_result(out.view(h.sizes()), s);
 }
 
-BlockDims check_step(
-    const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixer2_cache,
-    const Tensor& ssm_state, const Tensor& norm1_weight, const Tensor& norm1_bias,
-    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
-    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
-    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
-    const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    int64_t position) {
+BlockDims check_bwd(const Tensor& dout, const Tensor& h, const BlockParams& p, const BlockSaved& s,
+                    const BlockConfig& cfg) {
+  constexpr const char* op = "metamamba_block_bwd";
+  TORCH_CHECK(h.dim() == 3, op, ": h must be (B, L, D); got ", shape_str(h.sizes()));
+  TORCH_CHECK(dout.sizes() == h.sizes(), op, ": dout must have h's shape ", shape_str(h.sizes()),
+              "; got ", shape_str(dout.sizes()));
+  const auto d = check_block_params(op, h, p, cfg.mixer, cfg.n_modalities);
+  check_saved(op, h, s, d, cfg.mixer);
+  return d;
+}
+
+std::vector<Tensor> zero_grads(const Tensor& h, const BlockParams& p) {
+  auto z = [](const Tensor& x) { return at::zeros_like(x, at::MemoryFormat::Contiguous); };
+  std::vector<Tensor> g{z(h)};
+#define DMM_ZERO_GRAD_(T, name) \
+  g.push_back(present(p.name) ? z(*OptTensor(p.name)) : absent_grad(h));
+  DMM_BLOCK_PARAMS(DMM_ZERO_GRAD_)
+#undef DMM_ZERO_GRAD_
+  return g;
+}
+
+std::vector<Tensor> grads_list(const Tensor& dh, const BlockParams& grads, const BlockParams& p,
+                               const Tensor& h) {
+  std::vector<Tensor> g{as(dh, h.scalar_type())};
+#define DMM_GRAD_(T, name) \
+  g.push_back(present(p.name) ? as(*OptTensor(grads.name), OptTensor(p.name)->scalar_type()) \
+                              : absent_grad(h));
+  DMM_BLOCK_PARAMS(DMM_GRAD_)
+#undef DMM_GRAD_
+  return g;
+}
+
+std::pair<Tensor, Tensor> bwd_out_scan(const Tensor& g, const BlockParams& p, const BlockSaved& s,
+                                       const BlockDims& d, BlockParams& grads) {
+  const int64_t B = g.size(0), L = g.size(1), E = d.E, N = d.N, R = d.R;
+  const auto cdt = g.scalar_type();
+  // out = y @ W_out^T (+ h1)
+  grads.out_proj_weight = at::mm(rows(g).t(), rows(s.y));              // (D, E)
+  const Tensor dy = at::mm(rows(g), p.out_proj_weight).view({B, L, E});  // (B, L, E)
+
+  // The scan, through (B, C, L) views of the block layout; delta (the rank-R dt_proj GEMM) is
+  // recomputed rather than stored.
+  const Tensor A = scan_A(p.A_log, cdt);
+  const Tensor dt_low = s.x_dbl.narrow(-1, 0, R);                        // (B, L, R)
+  const Tensor delta = at::linear(dt_low, p.dt_proj_weight);            // (B, L, E)
+  const Tensor z = s.xz.narrow(-1, E, E);                                // (B, L, E)
+  auto [dxs_t, ddelta_t, dA, dB_t, dC_t, dDskip, dz_t, ddt_bias] = scan_bwd_op().call(
+      tr(dy), tr(s.xs), tr(delta), A, tr(s.x_dbl.narrow(-1, R, N)),
+      tr(s.x_dbl.narrow(-1, R + N, N)), p.D, tr(z), p.dt_proj_bias, /*delta_softplus=*/true);
+  grads.A_log = dA * A;  // A = -exp(A_log)  =>  dA/dA_log = A
+  grads.D = dDskip;
+  grads.dt_proj_bias = ddt_bias;
+
+  // delta = dt_low @ W_dt^T;  x_dbl = xs @ W_x^T = [dt_low | B | C]
+  const Tensor ddelta = tr(ddelta_t);                                       // (B, L, E)
+  grads.dt_proj_weight = at::mm(rows(ddelta).t(), rows(dt_low));           // (E, R)
+  const Tensor dx_dbl = at::cat({at::matmul(ddelta, p.dt_proj_weight), as(tr(dB_t), cdt),
+                                 as(tr(dC_t), cdt)}, -1);                    // (B, L, R + 2N)
+  grads.x_proj_weight = at::mm(rows(dx_dbl).t(), rows(s.xs));              // (R + 2N, E)
+  const Tensor dxs = at::addmm(rows(tr(dxs_t)), rows(dx_dbl), p.x_proj_weight).view({B, L, E});
+  return {dxs, tr(dz_t)};
+}
+
+Tensor bwd_silu_mix2(const Tensor& dxs, const Tensor& dz, const BlockParams& p,
+                     const BlockSaved& s, const BlockDims& d, const MixerSpec& spec,
+                     BlockParams& grads) {
+  const int64_t E = d.E;
+  const Tensor x0 = s.xz.narrow(-1, 0, E);
+  const Tensor dxm = at::silu_backward(dxs, spec.is_double ? s.xm : x0);  // (B, L, E)
+  Tensor dx0 = dxm;
+  if (spec.is_double) {
+    Tensor dm2w, dm2b;
+    std::tie(dx0, dm2w, dm2b) =
+        mix_bwd_op().call(dxm, x0, *p.mixer2_weight, p.mixer2_bias, spec.kind, d.M, 0);
+    grads.mixer2_weight = dm2w;
+    grads.mixer2_bias = dm2b;
+  }
+  return at::cat({dx0, as(dz, dxs.scalar_type())}, -1);  // (B, L, 2E)
+}
+
+Tensor bwd_in_proj(const Tensor& dxz, const BlockParams& p, const BlockSaved& s,
+                   BlockParams& grads) {
+  grads.in_proj_weight = at::mm(rows(dxz).t(), rows(s.v));                     // (2E, D)
+  return at::mm(rows(dxz), p.in_proj_weight).view(s.v.sizes());                // (B, L, D)
+}
+
+Tensor bwd_preproj(const Tensor& dv, const Tensor& g, const Tensor& h, const BlockParams& p,
+                   const BlockSaved& s, const BlockDims& d, const BlockConfig& cfg,
+                   BlockParams& grads) {
+  const int64_t Dm = d.D;
+  // v = LN_2(h1) (its statistics recomputed)
+  const auto stats2 = at::native_layer_norm(s.h1, {Dm}, p.norm2_weight, p.norm2_bias, cfg.eps);
+  auto [dh1, dn2w, dn2b] = at::native_layer_norm_backward(
+      dv, s.h1, {Dm}, std::get<1>(stats2), std::get<2>(stats2), p.norm2_weight, p.norm2_bias,
+      {true, true, true});
+  if (cfg.residual()) dh1.add_(g);  // out += h1
+
+  // h1 = h + mixer_1(u), u = LN_1(h) (recomputed with its statistics)
+  const auto [u, mean1, rstd1] =
+      at::native_layer_norm(h, {Dm}, p.norm1_weight, p.norm1_bias, cfg.eps);
+  auto [du, dm1w, dm1b] =
+      mix_bwd_op().call(dh1, u, p.mixer1_weight, p.mixer1_bias, cfg.mixer.kind, d.M, 0);
+  auto [dh, dn1w, dn1b] = at::native_layer_norm_backward(
+      du, h, {Dm}, mean1, rstd1, p.norm1_weight, p.norm1_bias, {true, true, true});
+  grads.norm1_weight = dn1w;
+  grads.norm1_bias = dn1b;
+  grads.mixer1_weight = dm1w;
+  grads.mixer1_bias = dm1b;
+  grads.norm2_weight = dn2w;
+  grads.norm2_bias = dn2b;
+  return dh.add_(dh1);
+}
+
+std::vector<Tensor> block_bwd(const Tensor& dout, const Tensor& h_in, const BlockParams& params,
+                              const BlockSaved& s, const BlockConfig& cfg) {
+  const auto d = check_bwd(dout, h_in, params, s, cfg);
+  if (h_in.numel() == 0) return zero_grads(h_in, params);  // empty batch or sequence
+  const auto cdt = h_in.scalar_type();
+  const auto p = cast_params(params, cdt);
+  const Tensor h = h_in.contiguous();
+  const Tensor g = as(dout, cdt).contiguous();  // (B, L, D)
+  BlockParams grads;
+  const auto [dxs, dz] = bwd_out_scan(g, p, s, d, grads);
+  const Tensor dxz = bwd_silu_mix2(dxs, dz, p, s, d, cfg.mixer, grads);
+  const Tensor dv = bwd_in_proj(dxz, p, s, grads);
+  const Tensor dh = bwd_preproj(dv, g, h, p, s, d, cfg, grads);
+  return grads_list(dh, grads, params, h_in);
+}
+
+BlockDims check_step(const Tensor& h_t, const StepCache& cache, const BlockParams& p,
+                     const Tensor& A, const MixerSpec& spec, int64_t n_modalities,
+                     int64_t position) {
   constexpr const char* op = "metamamba_step";
-  const auto spec = parse_mixer(mixer);
   TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", shape_str(h_t.sizes()));
-  const auto d = check_block_params(op, h_t, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias,
-                                    norm2_weight, norm2_bias, in_proj_weight, mixer2_weight,
-                                    mixer2_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
-                                    A_log, D, out_proj_weight, spec, n_modalities);
+  const auto d = check_block_params(op, h_t, p, spec, n_modalities);
   TORCH_CHECK(position >= 0, op, ": position must be >= 0; got ", position);
   const int64_t B = h_t.size(0), Dm = d.D, E = d.E, N = d.N;
   const auto cdt = h_t.scalar_type();
@@ -412,70 +407,61 @@ BlockDims check_step(
     TORCH_CHECK(c.scalar_type() == cdt, op, ": ", name, " must have h_t's dtype ", cdt,
                 "; got ", c.scalar_type());
   };
-  check_cache(mixer1_cache, "mixer1_cache", "(B, W-1, D)", {B, d.W1 - 1, Dm});
+  check_cache(cache.mixer1, "mixer1_cache", "(B, W-1, D)", {B, d.W1 - 1, Dm});
   if (spec.is_double) {
-    TORCH_CHECK(present(mixer2_cache), op, ": mixer2_cache (B, W-1, E) = ",
+    TORCH_CHECK(present(cache.mixer2), op, ": mixer2_cache (B, W-1, E) = ",
                 shape_str({B, d.W2 - 1, E}), " is required for a double mixer");
-    check_cache(*mixer2_cache, "mixer2_cache", "(B, W-1, E)", {B, d.W2 - 1, E});
+    check_cache(*cache.mixer2, "mixer2_cache", "(B, W-1, E)", {B, d.W2 - 1, E});
   } else {
-    TORCH_CHECK(!present(mixer2_cache), op, ": mixer2_cache must be None for a single mixer");
+    TORCH_CHECK(!present(cache.mixer2), op, ": mixer2_cache must be None for a single mixer");
   }
-  check_param(op, ssm_state, "ssm_state", "(B, E, N)", {B, E, N}, h_t);
-  const auto sdt = ssm_state.scalar_type();
+  check_param(op, cache.ssm_state, "ssm_state", "(B, E, N)", {B, E, N}, h_t);
+  const auto sdt = cache.ssm_state.scalar_type();
   TORCH_CHECK(sdt == at::kFloat || (sdt == at::kDouble && cdt == at::kDouble), op,
               ": ssm_state must be float32; got ", sdt);
+  check_param(op, A, "A", "(E, N)", {E, N}, h_t);
+  TORCH_CHECK(A.scalar_type() == state_dtype(cdt), op, ": A = -exp(A_log) must be ",
+              state_dtype(cdt), " for h_t of dtype ", cdt, "; got ", A.scalar_type());
   return d;
 }
 
-Tensor metamamba_step(
-    const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor& mixer2_cache,
-    const Tensor& ssm_state, const Tensor& norm1_weight, const Tensor& norm1_bias,
-    const Tensor& mixer1_weight, const OptTensor& mixer1_bias, const Tensor& norm2_weight,
-    const Tensor& norm2_bias, const Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const Tensor& x_proj_weight, const Tensor& dt_proj_weight,
-    const Tensor& dt_proj_bias, const Tensor& A_log, const Tensor& D,
-    const Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps, int64_t position) {
-  const auto spec = parse_mixer(mixer);
-  const auto d = check_step(h_t, mixer1_cache, mixer2_cache, ssm_state, norm1_weight, norm1_bias,
-                            mixer1_weight, mixer1_bias, norm2_weight, norm2_bias, in_proj_weight,
-                            mixer2_weight, mixer2_bias, x_proj_weight, dt_proj_weight,
-                            dt_proj_bias, A_log, D, out_proj_weight, mixer, n_modalities, position);
+Tensor step(const Tensor& h_t, const StepCache& cache, const BlockParams& params, const Tensor& A,
+            const BlockConfig& cfg, int64_t position) {
+  const auto& spec = cfg.mixer;
+  const auto d = check_step(h_t, cache, params, A, spec, cfg.n_modalities, position);
   const int64_t Dm = d.D, E = d.E, N = d.N, R = d.R;
   const auto cdt = h_t.scalar_type();
-  const auto sdt = ssm_state.scalar_type();
+  const auto sdt = cache.ssm_state.scalar_type();
+  const auto p = cast_params(params, cdt);
+  const int64_t m = position % cfg.n_modalities;
 
-  const auto p = cast_params(cdt, norm1_weight, norm1_bias, mixer1_weight, mixer1_bias,
-                             norm2_weight, norm2_bias, in_proj_weight, mixer2_weight, mixer2_bias,
-                             x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
-                             out_proj_weight);
-  const int64_t m = position % n_modalities;
-
-  const Tensor u = at::layer_norm(h_t, {Dm}, p.n1w, p.n1b, eps);            // (B, D)
-  const Tensor h1 = h_t + step_mix(mixer1_cache, u, p.m1w, p.m1b, spec.kind, m);
-  const Tensor v = at::layer_norm(h1, {Dm}, p.n2w, p.n2b, eps);
-  const Tensor xz = at::linear(v, p.w_in);                                  // (B, 2E)
+  const Tensor u = at::layer_norm(h_t, {Dm}, p.norm1_weight, p.norm1_bias, cfg.eps);  // (B, D)
+  const Tensor h1 = h_t + step_mix(cache.mixer1, u, p.mixer1_weight, p.mixer1_bias, spec.kind, m);
+  const Tensor v = at::layer_norm(h1, {Dm}, p.norm2_weight, p.norm2_bias, cfg.eps);
+  const Tensor xz = at::linear(v, p.in_proj_weight);                                 // (B, 2E)
   const Tensor x0 = xz.narrow(1, 0, E);
   const Tensor z = xz.narrow(1, E, E);
-  const Tensor xm =
-      spec.is_double ? step_mix(*mixer2_cache, x0, *p.m2w, p.m2b, spec.kind, m) : x0;
-  const Tensor xs = at::silu(xm);                                           // (B, E)
-  const Tensor x_dbl = at::linear(xs, p.w_x);                               // (B, R + 2N)
-  const Tensor delta = at::softplus(
-      as(at::linear(x_dbl.narrow(1, 0, R), p.w_dt), sdt) + as(p.dt_bias, sdt));  // (B, E)
-  const Tensor Bc = as(x_dbl.narrow(1, R, N), sdt);                        // (B, N)
-  const Tensor Cc = as(x_dbl.narrow(1, R + N, N), sdt);                    // (B, N)
+  const Tensor xm = spec.is_double ? step_mix(*cache.mixer2, x0, *p.mixer2_weight, p.mixer2_bias,
+                                              spec.kind, m)
+                                   : x0;
+  const Tensor xs = at::silu(xm);                                                    // (B, E)
+  const Tensor x_dbl = at::linear(xs, p.x_proj_weight);                              // (B, R + 2N)
+  const Tensor delta = at::softplus(as(at::linear(x_dbl.narrow(1, 0, R), p.dt_proj_weight), sdt) +
+                                    as(p.dt_proj_bias, sdt));                       // (B, E)
+  const Tensor Bc = as(x_dbl.narrow(1, R, N), sdt);                                 // (B, N)
+  const Tensor Cc = as(x_dbl.narrow(1, R + N, N), sdt);                             // (B, N)
   const Tensor xf = as(xs, sdt);
-  const Tensor A = as(p.A, sdt);                                           // (E, N)
 
   // s = exp(delta A) * s + delta * B * x ;  y = <s, C> + D x ;  y *= SiLU(z)
-  const Tensor dA = at::exp(delta.unsqueeze(-1) * A);                      // (B, E, N)
-  ssm_state.mul_(dA).add_((delta * xf).unsqueeze(-1) * Bc.unsqueeze(1));
-  Tensor y = at::matmul(ssm_state, Cc.unsqueeze(-1)).squeeze(-1) + as(p.D, sdt) * xf;  // (B, E)
+  const Tensor& state = cache.ssm_state;
+  state.mul_(at::exp(delta.unsqueeze(-1) * as(A, sdt)))
+      .add_((delta * xf).unsqueeze(-1) * Bc.unsqueeze(1));
+  Tensor y = at::matmul(state, Cc.unsqueeze(-1)).squeeze(-1) + as(p.D, sdt) * xf;  // (B, E)
   y = y * at::silu(as(z, sdt));
-  Tensor out = at::linear(as(y, cdt), p.w_out);                            // (B, D)
-  if (residual_ssm || spec.is_double) out = out + h1;
+  Tensor out = at::linear(as(y, cdt), p.out_proj_weight);                          // (B, D)
+  if (cfg.residual()) out = out + h1;
   return out;
 }
 
-}  // namespace dmm::composite
+}  // namespace composite
+}  // namespace dmm

@@ -1,29 +1,20 @@
 // The whole MetaMamba block (docs/ARCHITECTURE.md, "The MetaMamba block") as a device-generic composition of ATen ops
 // and the dmm ops (selective_scan_*, modal_mix_*), which are called through the dispatcher so
-// they land on the kernels of the tensors' device. csrc/cpu/block.cpp registers these functions
-// for CPU; a backend that fuses only part of the block can call them for the rest.
+// they land on the kernels of the tensors' device. csrc/block/register.cpp registers these
+// functions for every device without kernels of its own; csrc/cuda/block.cu calls them for what
+// its fused kernels do not cover.
 //
-// Signatures follow the schemas in csrc/ops.cpp exactly, so they can be passed to m.impl().
 // Dtypes: everything is computed in h's dtype (parameters are cast to it); the scan parameters
 // (A = -exp(A_log), D, dt_proj_bias) and the SSM state are float32, or float64 for float64 h.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <optional>
-#include <string>
-#include <tuple>
+#include <vector>
+
+#include "block/params.h"
 
 namespace dmm::composite {
-
-using OptTensor = std::optional<at::Tensor>;
-
-// "conv" | "line" | "double-conv" | "double-line".
-struct MixerSpec {
-  std::string kind;  // "conv" or "line": the modal_mix kind of both mixers
-  bool is_double;    // a second mixer on the x half of in_proj, and a residual around the SSM
-};
-MixerSpec parse_mixer(c10::string_view mixer);
 
 struct BlockDims {
   int64_t D;   // d_model (last dim of h)
@@ -37,64 +28,63 @@ struct BlockDims {
 
 // Checks every parameter (shape, dtype, device) against h, whose last dim is D; raises a
 // TORCH_CHECK error naming the argument and the expected shape.
-BlockDims check_block_params(
-    const char* op, const at::Tensor& h, const at::Tensor& norm1_weight,
-    const at::Tensor& norm1_bias, const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias,
-    const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight,
-    const OptTensor& mixer2_weight, const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight,
-    const at::Tensor& dt_proj_weight, const at::Tensor& dt_proj_bias, const at::Tensor& A_log,
-    const at::Tensor& D, const at::Tensor& out_proj_weight, const MixerSpec& spec,
-    int64_t n_modalities);
+BlockDims check_block_params(const char* op, const at::Tensor& h, const BlockParams& p,
+                             const MixerSpec& spec, int64_t n_modalities);
 
-// h: (B, L, D) -> (B, L, D).
-at::Tensor metamamba_block_fwd(
-    const at::Tensor& h, const at::Tensor& norm1_weight, const at::Tensor& norm1_bias,
-    const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias, const at::Tensor& norm2_weight,
-    const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
-    const at::Tensor& dt_proj_bias, const at::Tensor& A_log, const at::Tensor& D,
-    const at::Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps);
+// The checks of metamamba_block_fwd alone (h (B, L, D) and the parameters).
+BlockDims check_block(const at::Tensor& h, const BlockParams& p, const BlockConfig& cfg);
 
-// (dh, dnorm1_weight, dnorm1_bias, dmixer1_weight, dmixer1_bias, dnorm2_weight, dnorm2_bias,
-//  din_proj_weight, dmixer2_weight, dmixer2_bias, dx_proj_weight, ddt_proj_weight,
-//  ddt_proj_bias, dA_log, dD, dout_proj_weight); each in its input's dtype, numel 0 for None.
-using BlockGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                              at::Tensor>;
+// The saved activations' shapes for h (B, L, D) (xm numel 0 for single mixers).
+void check_saved(const char* op, const at::Tensor& h, const BlockSaved& s, const BlockDims& d,
+                 const MixerSpec& spec);
 
-// Recomputes the forward (nothing is saved between fwd and bwd), then chains the backward.
-BlockGrads metamamba_block_bwd(
-    const at::Tensor& dout, const at::Tensor& h, const at::Tensor& norm1_weight,
-    const at::Tensor& norm1_bias, const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias,
-    const at::Tensor& norm2_weight, const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight,
-    const OptTensor& mixer2_weight, const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight,
-    const at::Tensor& dt_proj_weight, const at::Tensor& dt_proj_bias, const at::Tensor& A_log,
-    const at::Tensor& D, const at::Tensor& out_proj_weight, c10::string_view mixer,
-    int64_t n_modalities, bool residual_ssm, double eps);
+// The parameters as the block computes with them: matrices in the compute dtype `cdt`, the scan
+// parameters D and dt_proj_bias in the state dtype (no copy when they already are).
+BlockParams cast_params(const BlockParams& p, at::ScalarType cdt);
 
-// The checks of metamamba_step (parameters, caches, position) alone; raises like check_block_params.
-BlockDims check_step(
-    const at::Tensor& h_t, const at::Tensor& mixer1_cache, const OptTensor& mixer2_cache,
-    const at::Tensor& ssm_state, const at::Tensor& norm1_weight, const at::Tensor& norm1_bias,
-    const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias, const at::Tensor& norm2_weight,
-    const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
-    const at::Tensor& dt_proj_bias, const at::Tensor& A_log, const at::Tensor& D,
-    const at::Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    int64_t position);
+// h: (B, L, D) -> (out (B, L, D), the activations of BlockSaved).
+BlockFwdResult block_fwd(const at::Tensor& h, const BlockParams& p, const BlockConfig& cfg);
 
-// One token h_t (B, D) at `position`; updates mixer1_cache (B, W1-1, D), mixer2_cache
-// (B, W2-1, E) (double mixers) and ssm_state (B, E, N) in place. Returns (B, D).
-at::Tensor metamamba_step(
-    const at::Tensor& h_t, const at::Tensor& mixer1_cache, const OptTensor& mixer2_cache,
-    const at::Tensor& ssm_state, const at::Tensor& norm1_weight, const at::Tensor& norm1_bias,
-    const at::Tensor& mixer1_weight, const OptTensor& mixer1_bias, const at::Tensor& norm2_weight,
-    const at::Tensor& norm2_bias, const at::Tensor& in_proj_weight, const OptTensor& mixer2_weight,
-    const OptTensor& mixer2_bias, const at::Tensor& x_proj_weight, const at::Tensor& dt_proj_weight,
-    const at::Tensor& dt_proj_bias, const at::Tensor& A_log, const at::Tensor& D,
-    const at::Tensor& out_proj_weight, c10::string_view mixer, int64_t n_modalities,
-    bool residual_ssm, double eps, int64_t position);
+// ---- the backward, in parts (csrc/cuda/block.cu replaces some with fused kernels) -------------
+// Arguments: g = dout (B, L, D) and h in the compute dtype, contiguous; p from cast_params; s, d
+// checked. Each part stores the gradients of its parameters into `grads` (compute dtype).
+BlockDims check_bwd(const at::Tensor& dout, const at::Tensor& h, const BlockParams& p,
+                    const BlockSaved& s, const BlockConfig& cfg);
+// All gradients zero (an empty batch or sequence), in metamamba_block_bwd's order.
+std::vector<at::Tensor> zero_grads(const at::Tensor& h, const BlockParams& p);
+// out_proj, the scan, dt_proj and x_proj: -> (dxs (B, L, E), dz (B, L, E)).
+std::pair<at::Tensor, at::Tensor> bwd_out_scan(const at::Tensor& g, const BlockParams& p,
+                                               const BlockSaved& s, const BlockDims& d,
+                                               BlockParams& grads);
+// SiLU and mixer_2: -> dxz (B, L, 2E) = [dx | dz].
+at::Tensor bwd_silu_mix2(const at::Tensor& dxs, const at::Tensor& dz, const BlockParams& p,
+                         const BlockSaved& s, const BlockDims& d, const MixerSpec& spec,
+                         BlockParams& grads);
+// in_proj: -> dv (B, L, D).
+at::Tensor bwd_in_proj(const at::Tensor& dxz, const BlockParams& p, const BlockSaved& s,
+                       BlockParams& grads);
+// LN_2, the residual around the SSM, mixer_1, LN_1 (statistics recomputed): -> dh (B, L, D).
+at::Tensor bwd_preproj(const at::Tensor& dv, const at::Tensor& g, const at::Tensor& h,
+                       const BlockParams& p, const BlockSaved& s, const BlockDims& d,
+                       const BlockConfig& cfg, BlockParams& grads);
+// metamamba_block_bwd's result: dh, then each parameter's gradient in its dtype (numel 0 if absent).
+std::vector<at::Tensor> grads_list(const at::Tensor& dh, const BlockParams& grads,
+                                   const BlockParams& p, const at::Tensor& h);
+
+// From the saved activations: nothing of the forward's scan or projections is recomputed (the
+// LayerNorm statistics and the rank-R dt_proj GEMM are). Gradients: h, then one per parameter
+// in schema order, each in its input's dtype, numel 0 for an absent parameter.
+std::vector<at::Tensor> block_bwd(const at::Tensor& dout, const at::Tensor& h,
+                                  const BlockParams& p, const BlockSaved& s,
+                                  const BlockConfig& cfg);
+
+// The checks of metamamba_step (parameters, caches, A, position) alone.
+BlockDims check_step(const at::Tensor& h_t, const StepCache& cache, const BlockParams& p,
+                     const at::Tensor& A, const MixerSpec& spec, int64_t n_modalities,
+                     int64_t position);
+
+// One token h_t (B, D) at `position`; updates the caches in place. Returns (B, D).
+at::Tensor step(const at::Tensor& h_t, const StepCache& cache, const BlockParams& p,
+                const at::Tensor& A, const BlockConfig& cfg, int64_t position);
 
 }  // namespace dmm::composite

@@ -6,7 +6,7 @@
 #include "block/composite.h"
 
 TORCH_LIBRARY_IMPL(dmm, CompositeExplicitAutograd, m) {
-  m.impl("metamamba_block_fwd", &dmm::composite::metamamba_block_fwd);
-  m.impl("metamamba_block_bwd", &dmm::composite::metamamba_block_bwd);
-  m.impl("metamamba_step", &dmm::composite::metamamba_step);
+  m.impl("metamamba_block_fwd", &dmm::fwd_entry<&dmm::composite::block_fwd>);
+  m.impl("metamamba_block_bwd", &dmm::bwd_entry<&dmm::composite::block_bwd>);
+  m.impl("metamamba_step", &dmm::step_entry<&dmm::composite::step>);
 }

@@ -13,6 +13,7 @@
 //             gptr<void> is type-erased (ptr_cast<T> gives the typed view).
 //   sptr<T>   shared memory, the same operations:
 //             dynamic_smem<T>()              the launch's dynamic shared memory
+//             DMM_DYNAMIC_SMEM(T, name);     the same as `sptr<T> name` (fewer registers: nvcc)
 //             DMM_SHARED_ARRAY(T, name, n);  a static __shared__ T[n], seen as `sptr<T> name`
 //   InPtr / OutPtr  a buffer with a run-time dtype tag; load<acc_t>(p, i) / store(p, i, v).
 // The host glue builds them with extent and name (common.cuh: in_gptr / out_gptr / rw_gptr /
@@ -70,11 +71,18 @@ template <typename T>
 sptr<T> dynamic_smem() {
   return ::dmm::emu::dynamic_smem<T>();
 }
+// The address a pointer holds (alignment tests before vector access).
+template <typename T, ::dmm::emu::Space S>
+uintptr_t address_of(const ::dmm::emu::Ptr<T, S>& p) {
+  return reinterpret_cast<uintptr_t>(p.raw());
+}
 // A static shared array (NaN-filled at the start of every block in the emulator).
 #define DMM_SHARED_ARRAY(T, name, n) DMM_SHARED_ARRAY_ALIGNED(T, name, n, alignof(T))
 #define DMM_SHARED_ARRAY_ALIGNED(T, name, n, align)                                     \
   alignas(16) __shared__ T name##_dmm_storage[n];                                       \
   const ::dmm::cuda::sptr<T> name = ::dmm::emu::static_smem(name##_dmm_storage, #name, align)
+// The launch's dynamic shared memory as `sptr<T> name` (dynamic_smem<T>() in a statement).
+#define DMM_DYNAMIC_SMEM(T, name) const ::dmm::cuda::sptr<T> name = ::dmm::cuda::dynamic_smem<T>()
 
 // Host side (torch-free): n elements of T at p (T = void: n bytes).
 template <typename T>
@@ -100,6 +108,10 @@ __device__ __forceinline__ void store_vec(T* p, int64_t i, const Vec<T, N>& v) {
   *reinterpret_cast<Vec<T, N>*>(p + i) = v;
 }
 template <typename T>
+__host__ __device__ __forceinline__ uintptr_t address_of(T* p) {
+  return reinterpret_cast<uintptr_t>(p);
+}
+template <typename T>
 __device__ __forceinline__ T* dynamic_smem() {
   extern __shared__ __align__(16) unsigned char dmm_dynamic_smem[];
   return reinterpret_cast<T*>(dmm_dynamic_smem);
@@ -110,6 +122,11 @@ __device__ __forceinline__ T* dynamic_smem() {
 #define DMM_SHARED_ARRAY_ALIGNED(T, name, n, align)  \
   __shared__ __align__(align) T name##_dmm_storage[n]; \
   T* const name = name##_dmm_storage
+// Declared in the kernel itself: ptxas allocated up to 5 more registers (scan backward, sm_80)
+// when the pointer came through dynamic_smem<T>().
+#define DMM_DYNAMIC_SMEM(T, name)                                     \
+  extern __shared__ __align__(16) unsigned char name##_dmm_dynamic[]; \
+  T* const name = reinterpret_cast<T*>(name##_dmm_dynamic)
 
 template <typename T>
 __host__ __forceinline__ gptr<T> make_gptr(T* p, int64_t, const char*, Writes = Writes::kSome) {

@@ -75,6 +75,8 @@ def _acc(cdt):
 
 
 def block_fwd(h, params, mixer, n_modalities, residual_ssm, eps):
+    """-> (out, saved): saved the activations metamamba_block_bwd reads (h1, v, xz, xm, xs,
+    x_dbl, y; xm numel 0 for single mixers), as csrc/block/params.h lists them."""
     kind, double = _split(mixer)
     cdt = h.dtype
     (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out) = _cast(params, cdt)
@@ -83,7 +85,9 @@ def block_fwd(h, params, mixer, n_modalities, residual_ssm, eps):
     E, N = A.shape
     R = w_dt.shape[1]
     if h.numel() == 0:
-        return torch.empty_like(h)
+        width = [Dm, Dm, 2 * E, E if double else None, E, R + 2 * N, E]
+        return torch.empty_like(h), tuple(h.new_empty(0) if w is None else h.new_empty(batch, L, w)
+                                          for w in width)
     if kind == "conv":
         h1, v = torch.empty_like(h), torch.empty_like(h)
         ln_mix_ln_kernel[(batch * L,)](h, n1w, n1b, m1w, m1b if m1b is not None else m1w, n2w, n2b,
@@ -96,15 +100,17 @@ def block_fwd(h, params, mixer, n_modalities, residual_ssm, eps):
         v = F.layer_norm(h1, (Dm,), n2w, n2b, eps)
     xz = F.linear(v, w_in)                                                # (B, L, 2E)
     x, z = xz[..., :E], xz[..., E:]
+    xm = h.new_empty(0)
     if double:
-        x = (mix.conv_fwd(x, m2w, m2b, n_modalities, 0) if kind == "conv"
-             else mix.line_fwd(x, m2w, m2b, n_modalities, 0))
+        x = xm = (mix.conv_fwd(x, m2w, m2b, n_modalities, 0) if kind == "conv"
+                  else mix.line_fwd(x, m2w, m2b, n_modalities, 0))
     xs = F.silu(x)                                                        # (B, L, E)
     x_dbl = F.linear(xs, w_x)                                             # (B, L, R + 2N)
     y, _ = scan_fwd(xs, x_dbl[..., :R], A, x_dbl[..., R:R + N], x_dbl[..., R + N:], Dskip, z,
                     dt_bias, True, layout="ble", dt_proj_weight=w_dt)     # (B, L, E)
     out = F.linear(y, w_out)                                              # (B, L, D)
-    return out + h1 if (residual_ssm or double) else out
+    out = out + h1 if (residual_ssm or double) else out
+    return out, (h1, v, xz, xm, xs, x_dbl, y.contiguous())
 
 
 # ---- step --------------------------------------------------------------------------------------

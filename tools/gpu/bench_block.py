@@ -13,6 +13,7 @@ import torch
 
 import dmm_kernels
 from dmm_kernels import reference as ref
+from dmm_kernels.params import SCAN_PARAMS  # fp32 in low-precision blocks, as ops.py keeps them
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
 import timing  # noqa: E402  (benchmarks/timing.py)
@@ -21,7 +22,6 @@ from scan_speed import kernel_launches  # noqa: E402
 SHAPES = {"paper": (64, 24, 128), "rl-large": (256, 60, 256)}  # (B, L, D); docs/ARCHITECTURE.md, "Benchmark shapes"
 MIXERS = ("conv", "line", "double-conv")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SCAN_PARAMS = ("A_log", "D", "dt_proj_bias")  # fp32 in low-precision blocks, as ops.py keeps them
 
 
 def median_ms(fn, inputs, reps, warmup):
@@ -49,9 +49,8 @@ def step_graph_ms(step, xs, reps):
 
 
 def measure(shape_name, B, L, D, mixer, dtype, device, reps):
-    p = ref.make_block_params(D, mixer, dtype=dtype, device=device)
-    for k in SCAN_PARAMS:
-        p[k] = p[k].float()
+    p = ref.make_block_params(D, mixer, dtype=dtype, device=device).map(torch.Tensor.float,
+                                                                        SCAN_PARAMS)
     hs = [torch.randn(B, L, D, device=device, dtype=dtype) for _ in range(8)]
     with torch.no_grad():
         fwd = lambda h: dmm_kernels.metamamba_block(h, p, mixer)  # noqa: E731
@@ -67,7 +66,7 @@ def measure(shape_name, B, L, D, mixer, dtype, device, reps):
             peak = float("nan")
         t_fwd = median_ms(fwd, hs, reps, 10)
         n_fwd = launches(fwd, hs[0])
-    leaves = [v.requires_grad_() for v in p.values() if v is not None]
+    leaves = [v.requires_grad_() for v in p.present().values()]
     hg = [h.clone().requires_grad_() for h in hs]
 
     def fwd_bwd(h):
@@ -75,13 +74,14 @@ def measure(shape_name, B, L, D, mixer, dtype, device, reps):
         torch.autograd.grad(out.float().sum(), [h, *leaves])
 
     t_fb = median_ms(fwd_bwd, hg, max(reps // 2, 3), 3)
-    pa = [None if p.get(k) is None else p[k].detach() for k in ref.PARAM_NAMES]
+    pa = p.map(torch.Tensor.detach)
+    A = -torch.exp(pa.A_log.float())
     cache = ref.allocate_step_cache_ref(B, p, mixer, dtype, device)
     xs = [torch.randn(B, D, device=device, dtype=dtype) for _ in range(8)]
 
     def step(x):
         return torch.ops.dmm.metamamba_step(x, cache["mixer1_cache"], cache["mixer2_cache"],
-                                            cache["ssm_state"], *pa, mixer, 3, False, 1e-5, 4)
+                                            cache["ssm_state"], *pa, A, mixer, 3, False, 1e-5, 4)
 
     t_step = median_ms(step, xs, reps * 4, 20)
     n_step = launches(step, xs[0])
@@ -92,7 +92,7 @@ def measure(shape_name, B, L, D, mixer, dtype, device, reps):
 
     def step1(x):
         return torch.ops.dmm.metamamba_step(x, cache1["mixer1_cache"], cache1["mixer2_cache"],
-                                            cache1["ssm_state"], *pa, mixer, 3, False, 1e-5, 4)
+                                            cache1["ssm_state"], *pa, A, mixer, 3, False, 1e-5, 4)
 
     t_graph1 = step_graph_ms(step1, x1, reps * 4) if device == "cuda" else float("nan")
     return dict(shape=shape_name, mixer=mixer, dtype=str(dtype).removeprefix("torch."), fwd_ms=t_fwd,

@@ -41,15 +41,16 @@ def scan_and_mix(device, dtype):
 def blocks(device, dtype):
     for mixer, B, L, D, N, W, M in BLOCK_CASES:
         p = ref.make_block_params(D, mixer, d_state=N, window=W, n_modalities=M, dtype=dtype, device=device)
-        args = [p.get(k) for k in ref.PARAM_NAMES]
         h = torch.randn(B, L, D, device=device, dtype=dtype)
-        out = torch.ops.dmm.metamamba_block_fwd(h, *args, mixer, M, False, 1e-5)
+        out, *saved = torch.ops.dmm.metamamba_block_fwd(h, *p, mixer, M, False, 1e-5)
         if dtype != torch.bfloat16:
-            torch.ops.dmm.metamamba_block_bwd(torch.randn_like(out), h, *args, mixer, M, False, 1e-5)
+            torch.ops.dmm.metamamba_block_bwd(torch.randn_like(out), h, *p, *saved, mixer, M, False,
+                                              1e-5)
         cache = ref.allocate_step_cache_ref(B, p, mixer, dtype, device)
+        A = -torch.exp(p.A_log.to(cache["ssm_state"].dtype))
         for t in range(4):
             torch.ops.dmm.metamamba_step(h[:, t % L], cache["mixer1_cache"], cache["mixer2_cache"],
-                                         cache["ssm_state"], *args, mixer, M, True, 1e-5, t)
+                                         cache["ssm_state"], *p, A, mixer, M, True, 1e-5, t)
 
 
 def main():

@@ -60,9 +60,10 @@ inline gptr<void> acc(std::vector<double>& v, const char* name) {
 inline double softplus(double x) { return x <= 20 ? std::log1p(std::exp(x)) : x; }
 inline double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
-// The checks (scan_checks.cpp, mix_checks.cpp, block_checks.cpp).
+// The checks (scan_checks.cpp, mix_checks.cpp, block_checks.cpp, step_checks.cpp).
 void scan_fwd();
 void scan_bwd();
+void scan_half();
 void conv_fwd();
 void conv_bwd();
 void block_ln();

@@ -1,14 +1,15 @@
-// The real kernels of csrc/cuda (selective_scan.cuh, modal_mix.cuh, block_kernels.cuh), compiled as
-// host C++ by the emulator without torch, run against naive float64 references under several
-// schedule seeds, with the emulator's race check on.
+// The real kernels of csrc/cuda (selective_scan.cuh, modal_mix.cuh, block_kernels.cuh,
+// step_kernels.cuh), compiled as host C++ by the emulator without torch, run against naive float64
+// references under several schedule seeds, with the emulator's race check on.
 //
 // CMake builds the checks once with the unchanged headers (ctest `kernel_checks.*`: must pass, also
 // under ASan / UBSan) and, per deliberately broken copy of a header, the checks of that header again
-// (ctest `fault.*`, linked with the other two compiled once). Each fault must be reported under every
-// seed: an emulator error or a MISMATCH line that the test's regular expression finds.
+// (ctest `fault.*`, linked with the other three compiled once). Each fault must be reported under
+// every seed: an emulator error or a MISMATCH line that the test's regular expression finds.
 //
 //   kernel_checks NAME [--expect REGEX]
-//     NAME: scan_fwd | scan_bwd | conv_fwd | conv_bwd | block_ln | block_scan | step_half
+//     NAME: scan_fwd | scan_bwd | block_scan | scan_half | conv_fwd | conv_bwd | block_ln |
+//           step_half
 //     Without --expect: exit 0 when every result matches under every seed. With it (the fault
 //     tests): exit 0 when under every seed the run failed with an emulator error or a MISMATCH
 //     line that REGEX (ECMAScript) finds.
@@ -55,7 +56,7 @@ int main(int argc, char** argv) {
   const std::map<std::string, void (*)()> checks = {
       {"scan_fwd", scan_fwd},     {"scan_bwd", scan_bwd},     {"conv_fwd", conv_fwd},
       {"conv_bwd", conv_bwd},     {"block_ln", block_ln},     {"block_scan", block_scan},
-      {"step_half", step_half}};
+      {"step_half", step_half},   {"scan_half", scan_half}};
   const std::string name = argc > 1 ? argv[1] : "";
   const bool expect = argc > 3 && std::string(argv[2]) == "--expect";
   const auto it = checks.find(name);
