@@ -21,7 +21,7 @@ shape; `--mamba-src DIR` (a folder holding csrc/selective_scan, e.g. the unpacke
 `pip download mamba-ssm==2.3.2.post1 --no-deps --no-binary :all:`) recompiles them, otherwise the
 committed benchmarks/results/static/mamba_ssm.csv is used. Its bytes follow its source (it reads
 the saved forward output and chunk states in the backward, writes out and out_z in the forward).
-Rows from benchmarks/kernel_report_triton.py (`triton_rows()`) are appended when that module exists.
+Rows from benchmarks/triton_report.py (`triton_rows()`) are appended.
 Writes benchmarks/results/static/kernel_report.csv, .png and .md (the table in RESULTS.md).
 """
 from __future__ import annotations
@@ -300,10 +300,7 @@ def add_predictions(rows: list[dict]) -> None:
 
 
 def triton_rows() -> list[dict]:
-    try:
-        from kernel_report_triton import triton_rows as rows
-    except ImportError:
-        return []
+    from triton_report import triton_rows as rows
     return rows()
 
 
