@@ -122,7 +122,7 @@ def test_block_and_step_guarded(guarded, mixer):
     p = ref.make_block_params(12, mixer, d_state=5, window=3, dtype=torch.float64,
                               generator=torch.Generator().manual_seed(0))
     h = torch.randn(2, 7, 12, dtype=torch.float64)
-    out = dmm_kernels.metamamba_block(poisoned(h), {k: poisoned(v) for k, v in p.items()}, mixer)
+    out = dmm_kernels.metamamba_block(poisoned(h), type(p)(*map(poisoned, p)), mixer)
     torch.testing.assert_close(out, ref.metamamba_block_ref(h, p, mixer), rtol=1e-10, atol=1e-10)
     cache = ref.allocate_step_cache_ref(2, p, mixer, torch.float64)
     ref_cache = {k: None if v is None else v.clone() for k, v in cache.items()}
