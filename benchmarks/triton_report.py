@@ -20,7 +20,9 @@ The autotuner picks a configuration by timing on the GPU; the table shows, per k
 arch, the configuration with the lowest prediction, and the CSV all of them. When
 benchmarks/results/static/kernel_report.csv (the CUDA report) is present, the CUDA kernels' and
 mamba-ssm's predictions for the same shape and arch are set beside.
-Writes benchmarks/results/static/triton_report.csv and .md.
+The step's stages at batch 1 (`step_rows`; `--step-only` for just those): programs, warps,
+registers, spills, shared memory, occupancy per stage and arch.
+Writes benchmarks/results/static/triton_report.csv and .md, triton_step.csv and .md.
 """
 from __future__ import annotations
 
@@ -315,14 +317,54 @@ def markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def step_rows(archs, d_model=128) -> list[dict]:
+    """The step's stages (dmm_kernels/triton/block.py) at batch 1 and the paper's width (d_model
+    128, E 256, N 16): programs per launch, warps, registers, spills, shared memory, occupancy."""
+    import torch
+    from dmm_kernels import reference
+    from dmm_kernels.triton import aot, block
+    rows = []
+    for mixer in ("conv", "double-line"):
+        for dtype in (torch.float32, torch.bfloat16):
+            p = reference.make_block_params(d_model, mixer, dtype=dtype)
+            cache = reference.allocate_step_cache_ref(1, p, mixer, dtype)
+            with aot.recorded_launches(all_configs=False) as launches:
+                block.step(torch.randn(1, d_model, dtype=dtype), cache["mixer1_cache"],
+                           cache["mixer2_cache"], cache["ssm_state"], p, -p.A_log.float().exp(),
+                           mixer, 3, False, 1e-5, 0)
+            for launch in launches:
+                for arch in archs:
+                    res = aot.resources(aot.compile_launch(launch, aot.TARGETS[arch]))
+                    rows.append({"mixer": mixer, "dtype": str(dtype).removeprefix("torch."),
+                                 "stage": launch.name, "arch": arch, "programs": launch.grid[0],
+                                 "warps": res["warps"], "registers": res["n_regs"],
+                                 "spill_bytes": res["n_spills"], "smem": res["shared"],
+                                 "occupancy": occupancy(arch, res["n_regs"], res["shared"], res["warps"])})
+    return rows
+
+
+def step_markdown(rows) -> str:
+    cols = list(rows[0])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", default="sm_80,sm_90")
     parser.add_argument("--shapes", default="paper,long")
+    parser.add_argument("--step-only", action="store_true", help="only the step's stages (fast)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "") not in ("", "0"):
         sys.exit("triton_report: unset TRITON_INTERPRET (the kernels are compiled here; the byte "
                  "counts run the interpreter in a subprocess)")
+    steps = step_rows(args.archs.split(","))
+    write_rows(steps, os.path.join(OUT, "triton_step.csv"))
+    with open(os.path.join(OUT, "triton_step.md"), "w") as f:
+        f.write(step_markdown(steps))
+    print(step_markdown(steps))
+    if args.step_only:
+        return
     rows = static_rows(args.archs.split(","), args.shapes.split(","))
     write_rows(rows, os.path.join(OUT, "triton_report.csv"))
     table = markdown(rows)

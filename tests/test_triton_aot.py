@@ -67,5 +67,21 @@ def test_block_kernels_compile(mixer, dtype):
     with aot.recorded_launches(all_configs=False) as launches:
         block.block_fwd(h, p, mixer, 3, False, 1e-5)
         block.step(h[:, 0], cache["mixer1_cache"], cache["mixer2_cache"], cache["ssm_state"],
-                   p, mixer, 3, False, 1e-5, 0)
+                   p, -p.A_log.float().exp(), mixer, 3, False, 1e-5, 0)
     _compile_all(launches)
+
+
+@pytest.mark.parametrize("mixer", ["conv", "double-line"])
+def test_step_stages_stay_small(mixer):
+    """The step's stages at the paper's width (d_model 128, E 256) for sm_90: no spills and at most
+    64 registers per thread (the CUDA step's level), with batch 1 spread over several programs."""
+    p = reference.make_block_params(128, mixer)
+    cache = reference.allocate_step_cache_ref(1, p, mixer, torch.float32)
+    with aot.recorded_launches(all_configs=False) as launches:
+        block.step(torch.randn(1, 128), cache["mixer1_cache"], cache["mixer2_cache"],
+                   cache["ssm_state"], p, -p.A_log.exp(), mixer, 3, False, 1e-5, 0)
+    assert len(launches) == (4 if mixer == "conv" else 6)
+    for launch in launches:
+        res = aot.resources(aot.compile_launch(launch, aot.TARGETS["sm_90"]))
+        assert res["n_spills"] == 0 and res["n_regs"] <= 64, (launch.name, res)
+    assert max(launch.grid[0] for launch in launches) >= 8  # batch 1 still fills several SMs

@@ -1,4 +1,4 @@
-"""The MetaMamba block in Triton: the forward (GEMMs stay torch) and the one-launch step.
+"""The MetaMamba block in Triton: the forward (GEMMs stay torch) and the staged step.
 
 Forward, as csrc/cuda/block.cu fuses it:
   conv mixers  ln_mix_ln_kernel: LN_1 + mixer_1 + residual + LN_2 -> h1, v     (one launch)
@@ -60,14 +60,15 @@ def _split(mixer):
     return mixer.removeprefix("double-"), mixer.startswith("double-")
 
 
-def _cast(params, cdt):
-    """Matrices in h's dtype; A = -exp(A_log), D and dt_proj_bias in the state dtype."""
+def _cast(params, cdt, A=None):
+    """Matrices in h's dtype; A (given, else -exp(A_log)), D and dt_proj_bias in the state dtype
+    (no copies for tensors already so)."""
     (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A_log, Dskip, w_out) = params
     sdt = torch.float64 if cdt == torch.float64 else torch.float32
     c = lambda t: None if t is None else t.to(cdt).contiguous()  # noqa: E731
     s = lambda t: t.to(sdt).contiguous()  # noqa: E731
     return (c(n1w), c(n1b), c(m1w), c(m1b), c(n2w), c(n2b), c(w_in), c(m2w), c(m2b), c(w_x),
-            c(w_dt), s(dt_bias), -torch.exp(s(A_log)), s(Dskip), c(w_out))
+            c(w_dt), s(dt_bias), -torch.exp(s(A_log)) if A is None else s(A), s(Dskip), c(w_out))
 
 
 def _acc(cdt):
@@ -114,176 +115,266 @@ def block_fwd(h, params, mixer, n_modalities, residual_ssm, eps):
 
 
 # ---- step --------------------------------------------------------------------------------------
-@triton.jit
-def _matvec(w_ptr, rows, n_rows, n_cols, x_ptr, ACT: tl.constexpr, ACC: tl.constexpr,
-            BLOCK_K: tl.constexpr):
-    """sum_c W[rows, c] * x[c] for a row-major W (n_rows, n_cols), rows past n_rows masked to 0;
-    x is read from memory (a vector an earlier stage wrote)."""
-    acc = tl.zeros(rows.shape, dtype=ACC)
-    for c0 in range(0, n_cols, BLOCK_K):
-        c = c0 + tl.arange(0, BLOCK_K)
-        mask_c = c < n_cols
-        x = tl.load(x_ptr + c, mask=mask_c, other=0.0).to(ACC)
-        w = tl.load(w_ptr + rows[:, None] * n_cols + c[None, :],
-                    mask=(rows < n_rows)[:, None] & mask_c[None, :], other=0.0).to(ACT).to(ACC)
-        acc += tl.sum(w * x[None, :], axis=1)
-    return acc
+# One token through the block as stages, each a launch whose programs split the rows of one weight
+# matrix (grid (row blocks, batch)), so batch 1 spreads over many SMs and each program holds one
+# small tile; the launch boundary is the only barrier between programs (as csrc/cuda/block.cu):
+#   _step_mix1   (line mixers) LN_1 + mixer_1 rows + residual              -> ws.h1, ws.u
+#   _step_in     [conv: LN_1 + mixer_1 + residual] + LN_2 + in_proj rows   -> ws.xz (ws.h1, ws.u)
+#   _step_mix2   (double mixers) mixer_2 rows + SiLU                       -> ws.xs
+#   _step_x      x_proj rows; row block 0 shifts the caches                -> ws.xd
+#   _step_scan   dt_proj + softplus + one scan step + D skip + SiLU(z) gate -> ws.ys, ssm_state
+#   _step_out    out_proj rows (+ h1)                                      -> out
+# The caches shift only in _step_x, after every stage that reads them. Each stage recomputes what
+# it needs of a row cheaply (LayerNorm statistics, SiLU). Every intermediate is rounded to the
+# activation dtype where the composite stores it in that dtype.
+STEP_TILE = 4096  # elements of a program's weight tile: rows x next_pow2(columns); 32 per thread
 
 
 @triton.jit
-def _window_mix(w_ptr, b_ptr, win, m, W, C, idx, IS_LINE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Modality m's mixer over a window win (W, C) in memory (oldest row first), at the output
-    channels idx: line M_m (C, W*C) @ window, or depthwise conv w_m (W, C); plus the bias."""
-    mask = idx < C
-    if IS_LINE:
-        y = _matvec(w_ptr + m * C * W * C, idx, C, W * C, win, ACT, ACC, BLOCK_K)
-    else:
-        y = tl.zeros(idx.shape, dtype=ACC)
-        for k in range(W):
-            w = tl.load(w_ptr + (m * W + k) * C + idx, mask=mask, other=0.0).to(ACT).to(ACC)
-            y += w * tl.load(win + k * C + idx, mask=mask, other=0.0).to(ACC)
-    return y + tl.load(b_ptr + m * C + idx, mask=mask & HAS_BIAS, other=0.0).to(ACT).to(ACC)
+def _rows_matvec(w_ptr, rows, n_rows, n_cols, cols, x, ACT: tl.constexpr, ACC: tl.constexpr):
+    """W[rows, :] @ x for a row-major W (n_rows, n_cols) and x (BLOCK_C) in registers."""
+    w = tl.load(w_ptr + rows[:, None] * n_cols + cols[None, :],
+                mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :], other=0.0)
+    return tl.sum(w.to(ACT).to(ACC) * x[None, :], axis=1)
 
 
 @triton.jit
-def step_kernel(h_ptr, c1_ptr, c2_ptr, st_ptr, n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x,
-                w_dt, dt_bias, A_ptr, Dskip, w_out, out_ptr, ws_ptr, D, E, N, R, W1, W2, m, eps,
-                IS_LINE: tl.constexpr, IS_DOUBLE: tl.constexpr, RESIDUAL: tl.constexpr,
-                HAS_M1B: tl.constexpr, HAS_M2B: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
-                BLOCK_K: tl.constexpr, ACC: tl.constexpr):
-    """One token of batch row b through the whole block; caches and state updated in place.
-    ws: this row's workspace [win1 (W1*D) | win2 (W2*E) | xz (2E) | xs (E) | xd (R+2N) | ys (E)],
-    the vectors that a later stage reads across lanes (a barrier between writer and readers)."""
-    b = tl.program_id(0)
-    ACT: tl.constexpr = out_ptr.dtype.element_ty
-    P = R + 2 * N
-    ws = ws_ptr + b * (W1 * D + W2 * E + 4 * E + P)
-    win1 = ws
-    win2 = win1 + W1 * D
-    xz = win2 + W2 * E
-    xs = xz + 2 * E
-    xd = xs + E
-    ys = xd + P
+def _ln1_row(h_ptr, n1w, n1b, b, d, D, eps, ACT: tl.constexpr, ACC: tl.constexpr):
+    """(h_t, round(LN_1(h_t))) of batch row b, both (BLOCK_D) in registers."""
+    mask = d < D
+    h = tl.load(h_ptr + b * D + d, mask=mask, other=0.0).to(ACC)
+    return h, _layer_norm(h, mask, n1w, n1b, d, D, eps, ACT, ACC)
+
+
+@triton.jit
+def _step_mix1(h_ptr, c1_ptr, n1w, n1b, m1w, m1b, ws_ptr, WS, D, W1, m, eps,
+               HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+               ACC: tl.constexpr):
+    """Line mixer_1: h1[rows] = h[rows] + M_m[rows] @ [cache rows | LN_1(h_t)] (+ bias)."""
+    rb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = m1w.dtype.element_ty
+    d = tl.arange(0, BLOCK_D)
+    rows = rb * ROWS + tl.arange(0, ROWS)
+    mask_r = rows < D
+    h, u = _ln1_row(h_ptr, n1w, n1b, b, d, D, eps, ACT, ACC)
+    w_m = m1w + m * D * W1 * D                         # M_m (D, W1 * D), window oldest first
+    acc = tl.load(m1b + m * D + rows, mask=mask_r & HAS_BIAS, other=0.0).to(ACT).to(ACC)
+    for k in range(W1 - 1):
+        x = tl.load(c1_ptr + (b * (W1 - 1) + k) * D + d, mask=d < D, other=0.0).to(ACC)
+        acc += _rows_matvec(w_m + k * D, rows, D, W1 * D, d, x, ACT, ACC)
+    acc += _rows_matvec(w_m + (W1 - 1) * D, rows, D, W1 * D, d, u, ACT, ACC)
+    h_r = tl.load(h_ptr + b * D + rows, mask=mask_r, other=0.0).to(ACC)
+    ws = ws_ptr + b * WS
+    tl.store(ws + D + rows, (h_r + acc.to(ACT).to(ACC)).to(ACT), mask=mask_r)    # ws.h1
+    if rb == 0:
+        tl.store(ws + d, u, mask=d < D)                                          # ws.u
+
+
+@triton.jit
+def _step_in(h_ptr, c1_ptr, n1w, n1b, m1w, m1b, n2w, n2b, w_in, ws_ptr, WS, D, E, W1, m, eps,
+             IS_LINE: tl.constexpr, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr,
+             BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """xz[rows] = W_in[rows] @ LN_2(h1); conv mixers compute h1 = h + conv(window) here."""
+    rb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = w_in.dtype.element_ty
     d = tl.arange(0, BLOCK_D)
     mask_d = d < D
-
-    # 1. LN_1(h_t) joins the cached window (oldest first); the cache shifts by one.
-    hrow = tl.load(h_ptr + b * D + d, mask=mask_d, other=0.0).to(ACC)
-    u = _layer_norm(hrow, mask_d, n1w, n1b, d, D, eps, ACT, ACC)
-    for k in range(W1 - 1):
-        tl.store(win1 + k * D + d, tl.load(c1_ptr + (b * (W1 - 1) + k) * D + d, mask=mask_d), mask=mask_d)
-    tl.store(win1 + (W1 - 1) * D + d, u, mask=mask_d)
-    tl.debug_barrier()
-    for k in range(W1 - 1):
-        tl.store(c1_ptr + (b * (W1 - 1) + k) * D + d, tl.load(win1 + (k + 1) * D + d, mask=mask_d),
-                 mask=mask_d)
-    mixed = _window_mix(m1w, m1b, win1, m, W1, D, d, IS_LINE, HAS_M1B, ACT, ACC, BLOCK_K)
-    h1 = (hrow + mixed.to(ACT).to(ACC)).to(ACT).to(ACC)
-
-    # 2. LN_2 and in_proj: xz = W_in (2E, D) @ v.
-    v = _layer_norm(h1, mask_d, n2w, n2b, d, D, eps, ACT, ACC)
-    tl.debug_barrier()  # every read of the window is done: its first row takes v
-    tl.store(win1 + d, v, mask=mask_d)
-    tl.debug_barrier()
-    e = tl.arange(0, BLOCK_E)
-    for r0 in range(0, 2 * E, BLOCK_E):
-        tl.store(xz + r0 + e, _matvec(w_in, r0 + e, 2 * E, D, win1, ACT, ACC, BLOCK_K).to(ACT),
-                 mask=r0 + e < 2 * E)
-    tl.debug_barrier()
-
-    # 3. [mixer_2 over the x half, with its cache] + SiLU -> xs.
-    if IS_DOUBLE:
-        for e0 in range(0, E, BLOCK_E):
-            ee = e0 + e
-            mask_e = ee < E
-            for k in range(W2 - 1):
-                tl.store(win2 + k * E + ee, tl.load(c2_ptr + (b * (W2 - 1) + k) * E + ee, mask=mask_e),
-                         mask=mask_e)
-            tl.store(win2 + (W2 - 1) * E + ee, tl.load(xz + ee, mask=mask_e), mask=mask_e)
-        tl.debug_barrier()
-        for e0 in range(0, E, BLOCK_E):
-            ee = e0 + e
-            mask_e = ee < E
-            for k in range(W2 - 1):
-                tl.store(c2_ptr + (b * (W2 - 1) + k) * E + ee, tl.load(win2 + (k + 1) * E + ee, mask=mask_e),
-                         mask=mask_e)
-            x = _window_mix(m2w, m2b, win2, m, W2, E, ee, IS_LINE, HAS_M2B, ACT, ACC, BLOCK_K)
-            tl.store(xs + ee, silu(x.to(ACT).to(ACC)).to(ACT), mask=mask_e)
+    ws = ws_ptr + b * WS
+    if IS_LINE:
+        h1 = tl.load(ws + D + d, mask=mask_d, other=0.0).to(ACC)
     else:
-        for e0 in range(0, E, BLOCK_E):
-            ee = e0 + e
-            x = tl.load(xz + ee, mask=ee < E, other=0.0).to(ACC)
-            tl.store(xs + ee, silu(x).to(ACT), mask=ee < E)
-    tl.debug_barrier()
+        h, u = _ln1_row(h_ptr, n1w, n1b, b, d, D, eps, ACT, ACC)
+        mixed = tl.load(m1b + m * D + d, mask=mask_d & HAS_BIAS, other=0.0).to(ACT).to(ACC)
+        for k in range(W1 - 1):
+            w = tl.load(m1w + (m * W1 + k) * D + d, mask=mask_d, other=0.0).to(ACT).to(ACC)
+            mixed += w * tl.load(c1_ptr + (b * (W1 - 1) + k) * D + d, mask=mask_d, other=0.0).to(ACC)
+        w = tl.load(m1w + (m * W1 + W1 - 1) * D + d, mask=mask_d, other=0.0).to(ACT).to(ACC)
+        h1 = (h + (mixed + w * u).to(ACT).to(ACC)).to(ACT).to(ACC)
+        if rb == 0:
+            tl.store(ws + d, u, mask=mask_d)                                     # ws.u
+            tl.store(ws + D + d, h1, mask=mask_d)                                # ws.h1
+    v = _layer_norm(h1, mask_d, n2w, n2b, d, D, eps, ACT, ACC)
+    rows = rb * ROWS + tl.arange(0, ROWS)
+    xz = _rows_matvec(w_in, rows, 2 * E, D, d, v, ACT, ACC)
+    tl.store(ws + 2 * D + rows, xz.to(ACT), mask=rows < 2 * E)                  # ws.xz
 
-    # 4. x_proj: xd = W_x (R + 2N, E) @ xs = [dt_low | B | C].
-    p = tl.arange(0, BLOCK_P)
-    tl.store(xd + p, _matvec(w_x, p, P, E, xs, ACT, ACC, BLOCK_K).to(ACT), mask=p < P)
-    tl.debug_barrier()
 
-    # 5. dt_proj + softplus + one scan step per channel, gated by SiLU(z) -> ys.
+@triton.jit
+def _xs_row(ws, e, E, D, IS_DOUBLE: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr):
+    """xs at channels e: ws.xs (double mixers) or round(SiLU(x)) of the x half of ws.xz."""
+    if IS_DOUBLE:
+        return tl.load(ws + 2 * D + 2 * E + e, mask=e < E, other=0.0).to(ACC)
+    x = tl.load(ws + 2 * D + e, mask=e < E, other=0.0).to(ACC)
+    return silu(x).to(ACT).to(ACC)
+
+
+@triton.jit
+def _step_mix2(c2_ptr, m2w, m2b, ws_ptr, WS, D, E, W2, m, IS_LINE: tl.constexpr,
+               HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_E: tl.constexpr,
+               ACC: tl.constexpr):
+    """Double mixers: xs[rows] = SiLU(mixer_2 over [cache rows | x half of xz])."""
+    rb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = m2w.dtype.element_ty
+    ws = ws_ptr + b * WS
+    rows = rb * ROWS + tl.arange(0, ROWS)
+    mask_r = rows < E
+    acc = tl.load(m2b + m * E + rows, mask=mask_r & HAS_BIAS, other=0.0).to(ACT).to(ACC)
+    if IS_LINE:
+        e = tl.arange(0, BLOCK_E)
+        w_m = m2w + m * E * W2 * E                     # M_m (E, W2 * E)
+        for k in range(W2 - 1):
+            x = tl.load(c2_ptr + (b * (W2 - 1) + k) * E + e, mask=e < E, other=0.0).to(ACC)
+            acc += _rows_matvec(w_m + k * E, rows, E, W2 * E, e, x, ACT, ACC)
+        x = tl.load(ws + 2 * D + e, mask=e < E, other=0.0).to(ACC)
+        acc += _rows_matvec(w_m + (W2 - 1) * E, rows, E, W2 * E, e, x, ACT, ACC)
+    else:
+        for k in range(W2 - 1):
+            w = tl.load(m2w + (m * W2 + k) * E + rows, mask=mask_r, other=0.0).to(ACT).to(ACC)
+            acc += w * tl.load(c2_ptr + (b * (W2 - 1) + k) * E + rows, mask=mask_r, other=0.0).to(ACC)
+        w = tl.load(m2w + (m * W2 + W2 - 1) * E + rows, mask=mask_r, other=0.0).to(ACT).to(ACC)
+        acc += w * tl.load(ws + 2 * D + rows, mask=mask_r, other=0.0).to(ACC)
+    tl.store(ws + 2 * D + 2 * E + rows, silu(acc.to(ACT).to(ACC)).to(ACT), mask=mask_r)
+
+
+@triton.jit
+def _shift_cache(c_ptr, new_ptr, n, C, W, BLOCK_C: tl.constexpr):
+    """Cache row n (W-1, C): drop the oldest row, append `new` (C). Each lane moves its own
+    columns, oldest first, so no lane reads a value another lane has overwritten."""
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        mask = c < C
+        for k in range(W - 2):
+            tl.store(c_ptr + (n * (W - 1) + k) * C + c,
+                     tl.load(c_ptr + (n * (W - 1) + k + 1) * C + c, mask=mask), mask=mask)
+        tl.store(c_ptr + (n * (W - 1) + W - 2) * C + c, tl.load(new_ptr + c, mask=mask), mask=mask)
+
+
+@triton.jit
+def _step_x(c1_ptr, c2_ptr, w_x, ws_ptr, WS, D, E, P, W1, W2, IS_DOUBLE: tl.constexpr,
+            ROWS: tl.constexpr, BLOCK_E: tl.constexpr, ACC: tl.constexpr):
+    """xd[rows] = W_x[rows] @ xs = [dt_low | B | C]; row block 0 then shifts the caches (every
+    stage that reads them has finished)."""
+    rb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = w_x.dtype.element_ty
+    ws = ws_ptr + b * WS
+    e = tl.arange(0, BLOCK_E)
+    xs = _xs_row(ws, e, E, D, IS_DOUBLE, ACT, ACC)
+    rows = rb * ROWS + tl.arange(0, ROWS)
+    xd = _rows_matvec(w_x, rows, P, E, e, xs, ACT, ACC)
+    tl.store(ws + 2 * D + 3 * E + rows, xd.to(ACT), mask=rows < P)              # ws.xd
+    if rb == 0:
+        _shift_cache(c1_ptr, ws, b, D, W1, BLOCK_E)                              # new row: ws.u
+        if IS_DOUBLE:
+            _shift_cache(c2_ptr, ws + 2 * D, b, E, W2, BLOCK_E)                  # x half of ws.xz
+
+
+@triton.jit
+def _step_scan(st_ptr, w_dt, dt_bias, A_ptr, Dskip, ws_ptr, WS, D, E, N, R,
+               IS_DOUBLE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_R: tl.constexpr, ACC: tl.constexpr):
+    """Channels e: delta = softplus(W_dt[e] @ dt_low + bias); s = exp(delta A) s + delta x B;
+    ys = (C . s + D x) SiLU(z)."""
+    eb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = w_dt.dtype.element_ty
+    ws = ws_ptr + b * WS
+    xd = ws + 2 * D + 3 * E
+    e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = e < E
     n = tl.arange(0, BLOCK_N)
     mask_n = n < N
-    rr = tl.arange(0, BLOCK_P)
-    low = tl.load(xd + rr, mask=rr < R, other=0.0).to(ACC)
+    r = tl.arange(0, BLOCK_R)
+    low = tl.load(xd + r, mask=r < R, other=0.0).to(ACC)
     Bt = tl.load(xd + R + n, mask=mask_n, other=0.0).to(ACC)
     Ct = tl.load(xd + R + N + n, mask=mask_n, other=0.0).to(ACC)
-    for e0 in range(0, E, BLOCK_E):
-        ee = e0 + e
-        mask_e = ee < E
-        mask_en = mask_e[:, None] & mask_n[None, :]
-        wdt = tl.load(w_dt + ee[:, None] * R + rr[None, :], mask=mask_e[:, None] & (rr < R)[None, :],
-                      other=0.0).to(ACT).to(ACC)
-        dt = tl.sum(wdt * low[None, :], axis=1).to(ACT).to(ACC)
-        delta = softplus(dt + tl.load(dt_bias + ee, mask=mask_e, other=0.0).to(ACC))
-        x = tl.load(xs + ee, mask=mask_e, other=0.0).to(ACC)
-        a = tl.load(A_ptr + ee[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
-        sp = st_ptr + (b * E + ee[:, None]) * N + n[None, :]
-        s = tl.exp(delta[:, None] * a) * tl.load(sp, mask=mask_en, other=0.0).to(ACC) \
-            + (delta * x)[:, None] * Bt[None, :]
-        tl.store(sp, s, mask=mask_en)
-        y = tl.sum(s * Ct[None, :], axis=1) + tl.load(Dskip + ee, mask=mask_e, other=0.0).to(ACC) * x
-        zz = tl.load(xz + E + ee, mask=mask_e, other=0.0).to(ACC)
-        tl.store(ys + ee, (y * zz * sigmoid(zz)).to(ACT), mask=mask_e)
-    tl.debug_barrier()
+    dt = _rows_matvec(w_dt, e, E, R, r, low, ACT, ACC).to(ACT).to(ACC)
+    delta = softplus(dt + tl.load(dt_bias + e, mask=mask_e, other=0.0).to(ACC))
+    x = _xs_row(ws, e, E, D, IS_DOUBLE, ACT, ACC)
+    mask_en = mask_e[:, None] & mask_n[None, :]
+    a = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=mask_en, other=0.0).to(ACC)
+    sp = st_ptr + (b * E + e[:, None]) * N + n[None, :]
+    s = tl.exp(delta[:, None] * a) * tl.load(sp, mask=mask_en, other=0.0).to(ACC) \
+        + (delta * x)[:, None] * Bt[None, :]
+    tl.store(sp, s, mask=mask_en)
+    y = tl.sum(s * Ct[None, :], axis=1) + tl.load(Dskip + e, mask=mask_e, other=0.0).to(ACC) * x
+    z = tl.load(ws + 2 * D + E + e, mask=mask_e, other=0.0).to(ACC)
+    tl.store(ws + 2 * D + 3 * E + R + 2 * N + e, (y * z * sigmoid(z)).to(ACT), mask=mask_e)
 
-    # 6. out_proj (+ h1).
-    o = _matvec(w_out, d, D, E, ys, ACT, ACC, BLOCK_K).to(ACT).to(ACC)
+
+@triton.jit
+def _step_out(out_ptr, w_out, ws_ptr, WS, D, E, P, RESIDUAL: tl.constexpr, ROWS: tl.constexpr,
+              BLOCK_E: tl.constexpr, ACC: tl.constexpr):
+    """out[rows] = W_out[rows] @ ys (+ h1[rows])."""
+    rb, b = tl.program_id(0), tl.program_id(1)
+    ACT: tl.constexpr = out_ptr.dtype.element_ty
+    ws = ws_ptr + b * WS
+    e = tl.arange(0, BLOCK_E)
+    ys = tl.load(ws + 2 * D + 3 * E + P + e, mask=e < E, other=0.0).to(ACC)
+    rows = rb * ROWS + tl.arange(0, ROWS)
+    o = _rows_matvec(w_out, rows, D, E, e, ys, ACT, ACC).to(ACT).to(ACC)
     if RESIDUAL:
-        o = o + h1
-    tl.store(out_ptr + b * D + d, o, mask=mask_d)
+        o = o + tl.load(ws + D + rows, mask=rows < D, other=0.0).to(ACC)
+    tl.store(out_ptr + b * D + rows, o, mask=rows < D)
 
 
-def step(h_t, mixer1_cache, mixer2_cache, ssm_state, params, mixer, n_modalities, residual_ssm,
+def _rows_per_program(n_cols: int, tile: int = STEP_TILE) -> int:
+    """Weight rows per program: a tile of about `tile` elements, 1 to 64 rows."""
+    return max(1, min(64, tile // triton.next_power_of_2(n_cols)))
+
+
+def step(h_t, mixer1_cache, mixer2_cache, ssm_state, params, A, mixer, n_modalities, residual_ssm,
          eps, position):
+    """One token: h_t (batch, D) -> (batch, D); the caches and ssm_state are updated in place.
+    A = -exp(A_log) (E, N) in the state dtype, made once per parameter version by the caller."""
     kind, double = _split(mixer)
     cdt = h_t.dtype
-    (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out) = _cast(params, cdt)
+    (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out) = _cast(
+        params, cdt, A)
     batch, Dm = h_t.shape
     E, N = A.shape
     R = w_dt.shape[1]
+    P = R + 2 * N
     out = torch.empty(batch, Dm, device=h_t.device, dtype=cdt)
     if batch == 0:
         return out
+    sdt = ssm_state.dtype
     W1 = mixer1_cache.shape[1] + 1
-    W2 = mixer2_cache.shape[1] + 1 if double else 0
+    W2 = mixer2_cache.shape[1] + 1 if double else 1
     # The caches are updated in place: work on contiguous ones and copy back if they were not.
     c1 = mixer1_cache.contiguous()
     c2 = mixer2_cache.contiguous() if double else c1
     st = ssm_state.contiguous()
-    ws = torch.empty(batch, W1 * Dm + W2 * E + 4 * E + R + 2 * N, device=h_t.device, dtype=st.dtype)
-    step_kernel[(batch,)](
-        h_t.contiguous(), c1, c2, st, n1w, n1b, m1w, m1b if m1b is not None else m1w, n2w, n2b, w_in,
-        m2w if m2w is not None else m1w, m2b if m2b is not None else m1w, w_x, w_dt, dt_bias, A, Dskip,
-        w_out, out, ws, Dm, E, N, R, W1, W2, position % n_modalities, eps,
-        IS_LINE=kind == "line", IS_DOUBLE=double, RESIDUAL=bool(residual_ssm or double),
-        HAS_M1B=m1b is not None, HAS_M2B=m2b is not None,
-        BLOCK_D=triton.next_power_of_2(Dm), BLOCK_E=min(64, triton.next_power_of_2(E)),
-        BLOCK_N=triton.next_power_of_2(N), BLOCK_P=triton.next_power_of_2(R + 2 * N),
-        BLOCK_K=32, ACC=_acc(cdt),
-    )
+    WS = 2 * Dm + 4 * E + P                       # a row's [u | h1 | xz | xs | xd | ys]
+    ws = torch.empty(batch, WS, device=h_t.device, dtype=sdt)
+    h = h_t.contiguous()
+    m = position % n_modalities
+    BD, BE = triton.next_power_of_2(Dm), triton.next_power_of_2(E)
+    acc = _acc(cdt)
+    grid = lambda n_rows, r: (triton.cdiv(n_rows, r), batch)  # noqa: E731
+    m1b_ = m1b if m1b is not None else m1w
+    rows = _rows_per_program
+    if kind == "line":  # a line mixer's rows loop over W window rows: half the tile (registers)
+        r = rows(Dm, STEP_TILE // 2)
+        _step_mix1[grid(Dm, r)](h, c1, n1w, n1b, m1w, m1b_, ws, WS, Dm, W1, m, eps,
+                                HAS_BIAS=m1b is not None, ROWS=r, BLOCK_D=BD, ACC=acc)
+    r = rows(Dm)
+    _step_in[grid(2 * E, r)](h, c1, n1w, n1b, m1w, m1b_, n2w, n2b, w_in, ws, WS, Dm, E, W1, m, eps,
+                             IS_LINE=kind == "line", HAS_BIAS=m1b is not None, ROWS=r, BLOCK_D=BD,
+                             ACC=acc)
+    if double:
+        r = rows(E, STEP_TILE // 2) if kind == "line" else 64
+        _step_mix2[grid(E, r)](c2, m2w, m2b if m2b is not None else m2w, ws, WS, Dm, E, W2, m,
+                               IS_LINE=kind == "line", HAS_BIAS=m2b is not None, ROWS=r,
+                               BLOCK_E=BE, ACC=acc)
+    r = rows(E)
+    _step_x[grid(P, r)](c1, c2, w_x, ws, WS, Dm, E, P, W1, W2, IS_DOUBLE=double, ROWS=r,
+                        BLOCK_E=BE, ACC=acc)
+    be = min(64, BE)
+    _step_scan[grid(E, be)](st, w_dt, dt_bias, A, Dskip, ws, WS, Dm, E, N, R, IS_DOUBLE=double,
+                            BLOCK_E=be, BLOCK_N=triton.next_power_of_2(N),
+                            BLOCK_R=triton.next_power_of_2(R), ACC=acc)
+    r = rows(E)
+    _step_out[grid(Dm, r)](out, w_out, ws, WS, Dm, E, P, RESIDUAL=bool(residual_ssm or double),
+                           ROWS=r, BLOCK_E=BE, ACC=acc)
     for cache, work in ((mixer1_cache, c1), (mixer2_cache if double else None, c2), (ssm_state, st)):
         if cache is not None and work.data_ptr() != cache.data_ptr():
             cache.copy_(work)

@@ -73,7 +73,7 @@ def metamamba_step(h_t, mixer1_cache, mixer2_cache, ssm_state, *args):
     A, mixer, n_modalities, residual_ssm, eps, position = args[_N_PARAMS:]
     torch.ops.dmm._check_step(h_t, mixer1_cache, mixer2_cache, ssm_state, *params, A, mixer,
                               n_modalities, position)
-    return block.step(h_t, mixer1_cache, mixer2_cache, ssm_state, params, mixer, n_modalities,
+    return block.step(h_t, mixer1_cache, mixer2_cache, ssm_state, params, A, mixer, n_modalities,
                       residual_ssm, eps, position)
 
 
