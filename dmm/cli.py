@@ -14,6 +14,7 @@ import torch
 
 import dmm_kernels
 from dmm import __version__
+from dmm_kernels import mixers
 from dmm.config import apply_overrides, available_configs, make_config, merge
 from dmm.data import embedded, generate, install, load_dataset
 from dmm.evaluate import evaluate_checkpoint
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file or bundled config name (default: default.yaml, "
                    "or dt-default.yaml with --model dt)")
     t.add_argument("--model", choices=["dmm", "dt"], help="model family (default: the config's)")
-    t.add_argument("--mixer", choices=["conv", "line", "double-conv", "double-line", "dense", "none"],
+    t.add_argument("--mixer", choices=mixers.MODEL_MIXERS,
                    help="DMM token mixer (none = plain Decision Mamba block)")
     t.add_argument("--batch-size", type=int, help="batch size per process")
     t.add_argument("--lr", type=float, help="peak learning rate (after warmup)")

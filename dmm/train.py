@@ -46,6 +46,7 @@ from dmm.factory import build_model
 from dmm.loss import action_loss
 from dmm.plots import plot_learning_curve
 from dmm.runtime import DistInfo, barrier, init_distributed, select_device, set_threads
+from dmm_kernels import mixers
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -436,7 +437,7 @@ def _model_name(config: dict) -> str:
     if config["model"] == "dt":
         return "Decision Transformer"
     mixer = config["mixer"]
-    return "Decision Mamba (no mixer)" if mixer == "none" else f"DMM ({mixer} mixer)"
+    return "Decision Mamba (no mixer)" if mixer == mixers.NO_MIXER else f"DMM ({mixer} mixer)"
 
 
 def _plot(run_dir: Path, title: str, dataset_score: float | None) -> None:
