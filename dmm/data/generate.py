@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 import warnings
 from pathlib import Path
@@ -53,7 +52,7 @@ from tqdm import tqdm
 from dmm.optional import require
 
 from .d4rl import d4rl_cache_dir
-from .install import sha256
+from .staging import sha256
 from .minari import minari_store_dir
 from .scores import REFERENCE_RETURNS
 
@@ -76,6 +75,9 @@ ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 MINARI_NAMESPACE = "dmm"
 DATASET_VERSION = "v0"
+# Reset seeds: episode i of a dataset kind starts from episode_seed(seed, stream, i); the SAC
+# training env uses stream 1 (so medium-replay, its replay buffer, replays from it).
+RESET_STREAMS = {"medium-replay": 1, "random": 10, "medium": 11, "expert": 12}
 
 
 def work_root() -> Path:
@@ -422,15 +424,22 @@ def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
     return ds
 
 
+def algorithm_name(sb3_version: str | None = None) -> str:
+    return f"SAC (stable-baselines3{' ' + sb3_version if sb3_version else ''}), `dmm datasets make`"
+
+
+def description(env_id: str, metadata: dict) -> str:
+    return (f"{env_id} {metadata['kind']} data made the D4RL way by `dmm datasets make` (recipe "
+            f"{metadata.get('recipe_version', RECIPE_VERSION)}); D4RL's reference returns for "
+            "normalization. " + json.dumps(metadata["behaviour"]))
+
+
 def _create(collector, env_id, dataset_id, metadata, lo, hi, stable_baselines3):
     return collector.create_dataset(
         dataset_id=dataset_id, eval_env=env_id,
-        algorithm_name=f"SAC (stable-baselines3 {stable_baselines3.__version__}), `dmm datasets make`",
+        algorithm_name=algorithm_name(stable_baselines3.__version__),
         author="decision-metamamba", code_permalink="dmm/data/generate.py",
-        ref_min_score=lo, ref_max_score=hi,
-        description=(f"{env_id} {metadata['kind']} data made the D4RL way by `dmm datasets make` "
-                     f"(recipe {RECIPE_VERSION}); D4RL's reference returns for normalization. "
-                     + json.dumps(metadata["behaviour"])),
+        ref_min_score=lo, ref_max_score=hi, description=description(env_id, metadata),
         requirements=[f"gymnasium[mujoco]=={gym.__version__}"])
 
 
@@ -551,7 +560,7 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     arrays_of: dict = {}
     results = {}
     env_space = gym.make(env_id).action_space
-    rng_streams = {"random": 10, "medium": 11, "expert": 12}
+    rng_streams = RESET_STREAMS
     for kind in kinds:
         h5 = d4rl_dir / hdf5_name(env_id, kind)
         mid = minari_id(env_id, kind)
@@ -632,44 +641,22 @@ def _read_hdf5_arrays(path: Path) -> dict:
 
 # ---- shipping ----------------------------------------------------------------------------------
 
-def minari_tarball_name(env_id: str, kind: str) -> str:
-    return f"{task_of(env_id)}-{kind}-dmm-{DATASET_VERSION}-minari.tar.xz"
-
-
 def pack(env_id: str, out: Path, kinds) -> dict:
-    """<out>/<task>-<kind>-dmm-v0-minari.tar.xz (the Minari dataset folder with its namespace
-    files, paths relative to the store; fixed mtimes and owners) for each kind, and
-    <out>/MANIFEST.json: file names, sha256, episode and step counts, returns. Minari's HDF5
-    files keep much unused chunk space that xz removes (6x smaller)."""
+    """<out>/MANIFEST.json for the HDF5 files <out>/d4rl/<task>-<kind>-dmm-v0.hdf5 of `kinds`
+    (merged into an existing one): file names, sha256, episode and step counts, returns. What
+    `dmm datasets install` reads; it makes the Minari datasets from the HDF5 files, so a shipped
+    folder holds each dataset once (the Minari copies in <out>/minari are not shipped)."""
 
     out = Path(out)
-    store = out / "minari"
     manifest_path = out / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     task = task_of(env_id)
-
-    def clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-        ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
-        return ti
-
     for kind in kinds:
-        mid = minari_id(env_id, kind)
-        tgz = out / minari_tarball_name(env_id, kind)
-        tmp = tgz.with_name(tgz.name + ".tmp")
-        with tarfile.open(tmp, "w:xz", preset=9) as tar:
-            for ns in (f"{MINARI_NAMESPACE}/namespace_metadata.json",
-                       f"{MINARI_NAMESPACE}/{task}/namespace_metadata.json"):
-                if (store / ns).exists():
-                    tar.add(store / ns, arcname=ns, filter=clean)
-            for f in sorted((store / mid).rglob("*")):
-                tar.add(f, arcname=str(f.relative_to(store)), filter=clean, recursive=False)
-        os.replace(tmp, tgz)
         h5 = out / "d4rl" / hdf5_name(env_id, kind)
-        with __import__("h5py").File(h5, "r") as f:
+        with h5py.File(h5, "r") as f:
             meta = json.loads(f.attrs["dmm_metadata"])
         manifest[f"{task}-{kind}"] = {
-            "minari_id": mid, "minari_tarball": tgz.name, "minari_sha256": sha256(tgz),
-            "minari_tarball_bytes": tgz.stat().st_size,
+            "minari_id": minari_id(env_id, kind),
             "hdf5": f"d4rl/{h5.name}", "hdf5_sha256": sha256(h5), "hdf5_bytes": h5.stat().st_size,
             "episodes": meta["behaviour"]["episodes"], "steps": meta["behaviour"]["steps"],
             "return_mean": meta["behaviour"]["return_mean"],
