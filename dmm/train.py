@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dmm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dmm.config import (RESUMABLE_KEYS, check_values, check_widths, model_config,
+from dmm.config import (RESUMABLE_KEYS, Config, check_values, check_widths, model_config,
                         resolve_config)
 from dmm.data import SegmentSampler, load_dataset
 from dmm.evaluate import check_env, evaluate_model, normalize
@@ -87,10 +87,10 @@ def lr_lambda(warmup_steps: int, total_steps: int, decay: str = "none",
     return multiplier
 
 
-def default_run_dir(cfg: dict, dataset_name: str) -> Path:
+def default_run_dir(cfg: Config, dataset_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset_name)
-    return Path("runs") / f"{safe}-{cfg['model']['model']}-seed{cfg['train']['seed']}-{stamp}"
+    return Path("runs") / f"{safe}-{cfg.model['model']}-seed{cfg.train.seed}-{stamp}"
 
 
 class _DeferredInterrupt:
@@ -182,7 +182,7 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
 @dataclass
 class _Run:
     """What a run holds from _setup through _loop to _finish."""
-    cfg: dict
+    cfg: Config
     resumed: bool
     t_start: float
     log: Callable[[str], None]
@@ -205,7 +205,7 @@ class _Run:
 
     @property
     def reward_scale(self) -> float:
-        return float(self.cfg["data"]["reward_scale"])
+        return float(self.cfg.data.reward_scale)
 
     def checkpoint(self) -> None:
         if self.dist_info.is_main:
@@ -214,22 +214,22 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "step": self.step, "rng": rng_state(), "state_mean": self.state_mean,
                 "state_std": self.state_std, "reward_scale": self.reward_scale,
-                "dataset": self.cfg["data"]["dataset"], "dataset_info": self.dataset_info,
-                "config": self.cfg})
+                "dataset": self.cfg.data.dataset, "dataset_info": self.dataset_info,
+                "config": self.cfg.to_dict()})
 
     def plot(self) -> None:
         title = (f"{self.dataset.name} · {_model_name(self.model.config)} · seed "
-                 f"{self.cfg['train']['seed']}")
+                 f"{self.cfg.train.seed}")
         _plot(self.run_dir, title, self.dataset_score)
 
     def evaluate(self) -> dict | None:
-        ec = self.cfg["eval"]
-        if not self.dist_info.is_main or ec["episodes"] <= 0:
+        ec = self.cfg.eval
+        if not self.dist_info.is_main or ec.episodes <= 0:
             return None
         return evaluate_model(self.model, self.dataset_info, state_mean=self.state_mean,
                               state_std=self.state_std, reward_scale=self.reward_scale,
-                              episodes=ec["episodes"], target_return=ec["target_return"],
-                              mode=ec["mode"], action_pad=ec["action_pad"], seeds=[ec["seed"]],
+                              episodes=ec.episodes, target_return=ec.target_return,
+                              mode=ec.mode, action_pad=ec.action_pad, seeds=[ec.seed],
                               device=self.device)
 
 
@@ -238,12 +238,12 @@ def _run_config(config: dict, resume) -> tuple[dict, dict | None]:
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        cfg = _resume_config(ckpt["config"], config or {})
-        if cfg["train"]["steps"] < ckpt["step"]:
-            raise ValueError(f"--steps {cfg['train']['steps']} is below the {ckpt['step']} steps "
+        cfg = Config.of(_resume_config(ckpt["config"], config or {}))
+        if cfg.train.steps < ckpt["step"]:
+            raise ValueError(f"--steps {cfg.train.steps} is below the {ckpt['step']} steps "
                              f"{resume} has done; give more steps to extend the run")
     else:
-        cfg = copy.deepcopy(config)
+        cfg = Config.of(config)
     check_values(cfg)
     return cfg, ckpt
 
@@ -251,15 +251,15 @@ def _run_config(config: dict, resume) -> tuple[dict, dict | None]:
 def _setup(config: dict, resume, log) -> _Run:
     t_start = time.time()
     cfg, ckpt = _run_config(config, resume)
-    tc = cfg["train"]
-    dist_info = init_distributed(tc["device"])
-    device = select_device(tc["device"], dist_info.local_rank)
-    set_threads(tc.get("threads"))
+    tc = cfg.train
+    dist_info = init_distributed(tc.device)
+    device = select_device(tc.device, dist_info.local_rank)
+    set_threads(tc.threads)
 
-    dataset = load_dataset(cfg["data"]["dataset"])
+    dataset = load_dataset(cfg.data.dataset)
     if ckpt is None:
         cfg = resolve_config(cfg, dataset)
-        tc = cfg["train"]
+        tc = cfg.train
         state_mean, state_std = (np.asarray(x, dtype=np.float32) for x in dataset.state_stats())
     else:
         state_mean, state_std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
@@ -267,15 +267,15 @@ def _setup(config: dict, resume, log) -> _Run:
     if ckpt is not None:
         check_widths(ckpt["model_config"], dataset, where=f"the model of {resume}")
     mcfg = ckpt["model_config"] if ckpt is not None else model_config(cfg, dataset)
-    if cfg["eval"]["episodes"] > 0 and dist_info.is_main:
+    if cfg.eval.episodes > 0 and dist_info.is_main:
         check_env(getattr(dataset, "env_id", None), dataset.state_dim, dataset.act_dim,
                   source=dataset.name)
 
     model, optimizer, scheduler, step = _model_and_optimizer(tc, mcfg, ckpt, device)
     run_dir = _prepare_run_dir(cfg, dataset, resume, dist_info)
     sampler = SegmentSampler(dataset, int(mcfg.get("context_len", 20)),
-                             float(cfg["data"]["reward_scale"]), state_mean, state_std,
-                             seed=tc["seed"])
+                             float(cfg.data.reward_scale), state_mean, state_std,
+                             seed=tc.seed)
     ddp_model = model
     if dist_info.world_size > 1:
         ddp_model = DistributedDataParallel(
@@ -293,12 +293,12 @@ def _setup(config: dict, resume, log) -> _Run:
 
 def _model_and_optimizer(tc: dict, mcfg: dict, ckpt: dict | None, device):
     """(model, AdamW, warmup scheduler, step), restored from `ckpt` when resuming."""
-    torch.manual_seed(tc["seed"])  # model initialisation
+    torch.manual_seed(tc.seed)  # model initialisation
     model = build_model(mcfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"],
-                                  betas=tuple(tc["betas"]))
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr,
+                                  betas=tuple(tc.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        tc["warmup_steps"], tc["steps"], tc["lr_decay"], tc["lr_min_ratio"]))
+        tc.warmup_steps, tc.steps, tc.lr_decay, tc.lr_min_ratio))
     step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -311,7 +311,7 @@ def _model_and_optimizer(tc: dict, mcfg: dict, ckpt: dict | None, device):
 
 def _log_start(run: _Run) -> None:
     if run.resumed:
-        run.log(f"resuming {run.run_dir} at step {run.step} of {run.cfg['train']['steps']}")
+        run.log(f"resuming {run.run_dir} at step {run.step} of {run.cfg.train.steps}")
         return
     ds = run.dataset
     run.log(f"training {run.mcfg['model']} ({sum(p.numel() for p in run.model.parameters()):,} "
@@ -322,10 +322,10 @@ def _log_start(run: _Run) -> None:
 
 def _train_step(run: _Run, amp: bool):
     """One optimizer step on this step's seeded batch -> (loss, grad norm), both detached."""
-    tc, device = run.cfg["train"], run.device
-    seed = step_seed(tc["seed"], run.step, run.dist_info.rank)
+    tc, device = run.cfg.train, run.device
+    seed = step_seed(tc.seed, run.step, run.dist_info.rank)
     torch.manual_seed(seed)  # dropout masks of this step
-    batch = run.sampler.sample(tc["batch_size"], generator=torch.Generator().manual_seed(seed))
+    batch = run.sampler.sample(tc.batch_size, generator=torch.Generator().manual_seed(seed))
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         pred = run.ddp_model(batch["states"], batch["actions"], batch["returns_to_go"],
@@ -333,7 +333,7 @@ def _train_step(run: _Run, amp: bool):
     loss = action_loss(pred, batch["actions"], batch["mask"])
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc["grad_clip"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
     run.optimizer.step()
     run.scheduler.step()
     run.step += 1
@@ -359,9 +359,9 @@ class _LogWindow:
 
 def _loop(run: _Run, history: list, callback, progress: bool) -> None:
     """The steps up to train.steps; a Ctrl-C (or a second one) saves a checkpoint and re-raises."""
-    tc = run.cfg["train"]
-    amp = bool(tc["amp"]) and run.device.type == "cuda"
-    total = int(tc["steps"])
+    tc = run.cfg.train
+    amp = bool(tc.amp) and run.device.type == "cuda"
+    total = int(tc.steps)
     bar = _progress(total, run.step, enabled=progress and run.dist_info.is_main)
     window = _LogWindow(run.step)
     run.model.train()
@@ -372,15 +372,15 @@ def _loop(run: _Run, history: list, callback, progress: bool) -> None:
                 window.losses.append(loss)
                 window.norms.append(grad_norm)
                 bar.update(1)
-                if run.step % tc["log_every"] == 0 or run.step == total:
+                if run.step % tc.log_every == 0 or run.step == total:
                     row = window.row(run)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     if run.metrics:
                         run.metrics.write(**row)
                     history.append(row)
-                if tc["eval_every"] and run.step % tc["eval_every"] == 0 and run.step < total:
+                if tc.eval_every and run.step % tc.eval_every == 0 and run.step < total:
                     _eval_point(run, history, bar)
-                if run.step % tc["checkpoint_every"] == 0:
+                if run.step % tc.checkpoint_every == 0:
                     run.checkpoint()
                 if callback is not None:
                     callback(run.step, {"model": run.model, "optimizer": run.optimizer,
@@ -428,7 +428,7 @@ def _finish(run: _Run, history: list) -> TrainResult:
             run.log(f"final normalized score: {final['score_mean']:.1f} ± "
                     f"{final['score_std']:.1f} (mean ± std over {final['episodes']} episodes, "
                     f"return {final['return_mean']:.1f}, target "
-                    f"{run.cfg['eval']['target_return']})")
+                    f"{run.cfg.eval.target_return})")
         if run.dataset_score is not None:
             run.log(f"dataset average normalized return: {run.dataset_score:.1f}")
         run.log(f"done in {elapsed:.0f} s; run folder {run.run_dir}")
@@ -437,8 +437,12 @@ def _finish(run: _Run, history: list) -> TrainResult:
                        time.time() - run.t_start, False, history)
 
 
-def _resume_config(saved: dict, changes: dict) -> dict:
+def _resume_config(saved: dict, changes: Config | dict) -> dict:
+    """The saved config with the allowed `changes` (a partial mapping, or a whole Config whose
+    unchanged values are no change)."""
     cfg = copy.deepcopy(saved)
+    if isinstance(changes, Config):
+        changes = changes.to_dict()
     for section, values in changes.items():
         for key, value in (values or {}).items():
             name = f"{section}.{key}"
@@ -455,8 +459,8 @@ def _prepare_run_dir(cfg: dict, dataset, resume, dist_info: DistInfo) -> Path | 
     if resume is not None:
         p = Path(resume)
         run_dir = p if p.is_dir() else p.parent.parent
-    elif cfg["train"]["out"]:
-        run_dir = Path(cfg["train"]["out"])
+    elif cfg.train.out:
+        run_dir = Path(cfg.train.out)
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise FileExistsError(f"run folder {run_dir} already holds a checkpoint; continue it "
                                   f"with --resume {run_dir} or choose another --out")
@@ -469,7 +473,7 @@ def _prepare_run_dir(cfg: dict, dataset, resume, dist_info: DistInfo) -> Path | 
 
 def _write_config(run_dir: Path, cfg: dict, mcfg: dict) -> None:
     with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(_plain(cfg), f, sort_keys=False)
+        yaml.safe_dump(_plain(cfg.to_dict()), f, sort_keys=False)
 
 
 def _plain(x):
@@ -487,12 +491,12 @@ def _dataset_info(dataset, cfg: dict) -> dict:
     """What evaluation needs about the dataset, stored in the checkpoint so `dmm eval` works
     without the data files."""
     refs = getattr(dataset, "reference_returns", None)
-    return {"spec": cfg["data"]["dataset"], "name": dataset.name,
+    return {"spec": cfg.data.dataset, "name": dataset.name,
             "env_id": getattr(dataset, "env_id", None),
             "reference_returns": None if refs is None else [float(refs[0]), float(refs[1])],
             "max_ep_len": int(getattr(dataset, "max_ep_len", None) or 1000),
             "action_scale": float(getattr(dataset, "action_scale", 1.0)),
-            "target_return": cfg["eval"]["target_return"]}
+            "target_return": cfg.eval.target_return}
 
 
 def _dataset_score(dataset, info: dict) -> float | None:
