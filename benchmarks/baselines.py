@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dmm_kernels import reference
+from dmm_kernels import mixers, reference
 from dmm_kernels.params import BlockParams
 
 try:  # the paper's scan kernel, when available (GPU machines with mamba-ssm built)
@@ -29,7 +29,7 @@ def paper_scan():
 def _paper_mixer(u, weight, bias, kind, n_modalities):
     """All modality filters over every token, then a gather by modality (the paper's scatter)."""
     batch, L, D = u.shape
-    W = reference.window_of(weight, kind, D)
+    W = mixers.window_of(weight, kind, D)
     padded = F.pad(u.transpose(1, 2), (W - 1, 0))                          # (batch, D, L+W-1)
     outputs = []
     for m in range(n_modalities):

@@ -1,6 +1,6 @@
 """Static performance report of the selective-scan CUDA kernels, without a GPU (all figures predicted).
 
-    python benchmarks/kernel_report.py [--mamba-src DIR] [--archs 80,90]
+    python -m benchmarks.kernel_report [--mamba-src DIR] [--archs 80,90]
 
 Per kernel, arch (sm_80, sm_90) and shape ("paper": B 64, L 24, E 256, N 16, float32; "long": B 8,
 L 4096, E 2048, N 16, bfloat16), beside mamba-ssm's selective_scan:
@@ -30,14 +30,12 @@ import argparse
 import csv
 import math
 import os
-import sys
+
+from benchmarks import roofline, sass
+from benchmarks.csv_out import write_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-import roofline  # noqa: E402
-import sass  # noqa: E402
-from csv_out import write_rows  # noqa: E402
 
 OUT = os.path.join(HERE, "results", "static")
 MAMBA_CSV = os.path.join(OUT, "mamba_ssm.csv")

@@ -13,14 +13,13 @@ csrc/selective_scan/selective_scan.cpp launches it: forward a zero fill of its c
 the kernel, backward zero fills of dA, dB, dC, dD and ddelta_bias and the kernel (and casts of dB,
 dC back to a half-precision B, C).
 
-    DMM_KERNELS_LIBRARY=build/cmake/libdmm_emulated.so python benchmarks/launch_count.py
+    DMM_KERNELS_LIBRARY=build/cmake/libdmm_emulated.so python -m benchmarks.launch_count
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import operator
-import os
 import sys
 from collections import Counter
 
@@ -28,10 +27,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dmm_kernels  # noqa: E402
-from baselines import paper_block  # noqa: E402
-from dmm_kernels import reference  # noqa: E402
+import dmm_kernels
+from benchmarks.baselines import paper_block
+from dmm_kernels import reference
 
 aten = torch.ops.aten
 GEMMS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,

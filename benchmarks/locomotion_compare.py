@@ -2,10 +2,10 @@
 made by `dmm datasets make`): DMM (preset v1, conv mixer), DMM preset v2 (dense mixer), Decision
 Mamba (`--mixer none`) and the Decision Transformer, same data and training budget, several seeds.
 
-  python benchmarks/locomotion_compare.py run --data hopper-medium-replay [--seeds 0 1 2] [--jobs 2]
-  python benchmarks/locomotion_compare.py summary --data hopper-medium-replay
-  python benchmarks/locomotion_compare.py table          # all datasets: rows = models
-  python benchmarks/locomotion_compare.py commands --data walker2d-medium
+  python -m benchmarks.locomotion_compare run --data hopper-medium-replay [--seeds 0 1 2] [--jobs 2]
+  python -m benchmarks.locomotion_compare summary --data hopper-medium-replay
+  python -m benchmarks.locomotion_compare table          # all datasets: rows = models
+  python -m benchmarks.locomotion_compare commands --data walker2d-medium
 
 `run` trains every row and seed (seed by seed, `--jobs` single-threaded `dmm train` processes side
 by side) into runs/compare/<data>/<row>-seed<S>, then copies what the comparison needs (results.json,

@@ -5,7 +5,7 @@ for a batch of environments stepped together. DT (window only) for reference.
 Models are untrained (speed does not depend on the weights). Default env Pendulum-v1 (cheap,
 so model cost dominates); pass --env Hopper-v5 for the paper's setting.
 
-    python benchmarks/rollout_speed.py [--env Pendulum-v1] [--envs 10] [--steps 200]
+    python -m benchmarks.rollout_speed [--env Pendulum-v1] [--envs 10] [--steps 200]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import dmm_kernels
-from csv_out import write_rows
+from benchmarks.csv_out import write_rows
 from dmm import build_model
 from dmm.evaluate import run_episodes
 

@@ -1,6 +1,6 @@
 """Time and memory of the dmm ops vs unfused baselines (docs/ARCHITECTURE.md, "Benchmark shapes").
 
-    python benchmarks/scan_speed.py [--device cpu|cuda] [--shapes paper,rl-large,long] [--reps N]
+    python -m benchmarks.scan_speed [--device cpu|cuda] [--shapes paper,rl-large,long] [--reps N]
 
 Rows (each a median over --reps runs after warm-up, all measured side by side in one run):
   selective_scan   ours vs the PyTorch reference (CPU) / mamba-ssm's kernel (GPU, when installed)
@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dmm_kernels  # noqa: E402
-from baselines import paper_block, paper_scan  # noqa: E402
-from csv_out import write_rows  # noqa: E402
-from timing import median_ms  # noqa: E402
-from dmm_kernels import reference  # noqa: E402
+import dmm_kernels
+from benchmarks.baselines import paper_block, paper_scan
+from benchmarks.csv_out import write_rows
+from benchmarks.timing import median_ms
+from dmm_kernels import reference
 
 SHAPES = {  # docs/ARCHITECTURE.md, "Benchmark shapes"
     "paper": dict(batch=64, L=24, d_model=128, expand=2, d_state=16, window=6, dtype=torch.float32),

@@ -5,7 +5,7 @@ Paper shape: batch 64, K 8 for the Mamba models (L = 24 tokens), K 20 for DT, d_
 and is the same for every model). One step = forward, masked MSE, backward, clip, AdamW.
 Runs on CPU, and on CUDA too when available (bf16 autocast, as dmm train does).
 
-    python benchmarks/train_speed.py [--steps 20] [--threads N] [--out benchmarks/results/train_speed.csv]
+    python -m benchmarks.train_speed [--steps 20] [--threads N] [--out benchmarks/results/train_speed.csv]
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 import dmm_kernels
-from csv_out import write_rows
-from timing import median_ms
+from benchmarks.csv_out import write_rows
+from benchmarks.timing import median_ms
 from dmm import build_model
 from dmm import action_loss
 

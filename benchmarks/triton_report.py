@@ -1,6 +1,6 @@
 """Static performance report of the Triton selective-scan kernels, without a GPU (all predicted).
 
-    python benchmarks/triton_report.py [--archs sm_80,sm_90] [--shapes paper,long]
+    python -m benchmarks.triton_report [--archs sm_80,sm_90] [--shapes paper,long]
 
 Per kernel, autotuning configuration, arch and shape ("paper": B 64, L 24, E 256, N 16, float32;
 "long": B 8, L 4096, E 2048, N 16, bfloat16, as benchmarks/kernel_report.py):
@@ -33,12 +33,11 @@ import os
 import subprocess
 import sys
 
+from benchmarks import roofline
+from benchmarks.csv_out import write_rows
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
-import roofline  # noqa: E402
-from csv_out import write_rows  # noqa: E402
 
 OUT = os.path.join(HERE, "results", "static")
 SHAPES = {
@@ -121,8 +120,8 @@ def _count_in_interpreter(jobs):
     """Run count_bytes for each job in a fresh interpreter process (the interpreter is chosen
     when the kernels are defined, so not in this process, which compiles them)."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = ("import json, sys; sys.path.insert(0, %r); import triton_report as r; "
-            "print(json.dumps([r.count_bytes(*j) for j in json.load(sys.stdin)]))" % HERE)
+    code = ("import json, sys; import benchmarks.triton_report as r; "  # -c: cwd ROOT is on the path
+            "print(json.dumps([r.count_bytes(*j) for j in json.load(sys.stdin)]))")
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(jobs), env=env,
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])

@@ -8,9 +8,9 @@ from dmm.baselines import DecisionTransformer
 from dmm.factory import build_model
 from dmm.loss import action_loss
 from dmm.model import DecisionMetaMamba, RecurrentPolicy
-from dmm.nn import MetaMambaBlock
+from dmm.nn import MambaBlock, MetaMambaBlock
 
 __all__ = [
-    "MetaMambaBlock", "DecisionMetaMamba", "DecisionTransformer", "RecurrentPolicy",
+    "MambaBlock", "MetaMambaBlock", "DecisionMetaMamba", "DecisionTransformer", "RecurrentPolicy",
     "action_loss", "build_model", "__version__",
 ]

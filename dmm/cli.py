@@ -14,6 +14,7 @@ import torch
 
 import dmm_kernels
 from dmm import __version__
+from dmm_kernels import mixers
 from dmm.config import apply_overrides, available_configs, make_config, merge
 from dmm.data import embedded, generate, install, load_dataset
 from dmm.evaluate import evaluate_checkpoint
@@ -46,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="run `dmm <command> --help` for the options of each command")
     sub = p.add_subparsers(dest="command", metavar="command")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return p
 
+
+# One function per subcommand: its parser and its handler (set_defaults(func=...)). A new
+# subcommand is a function here and its name in SUBCOMMANDS.
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train a model on an offline dataset and evaluate it",
                        description="Train Decision MetaMamba (or the DT baseline) on an offline "
                        "dataset, evaluate it in Gymnasium and write a run folder (config.yaml, "
@@ -57,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file or bundled config name (default: default.yaml, "
                    "or dt-default.yaml with --model dt)")
     t.add_argument("--model", choices=["dmm", "dt"], help="model family (default: the config's)")
-    t.add_argument("--mixer", choices=["conv", "line", "double-conv", "double-line", "dense", "none"],
+    t.add_argument("--mixer", choices=mixers.MODEL_MIXERS,
                    help="DMM token mixer (none = plain Decision Mamba block)")
     t.add_argument("--batch-size", type=int, help="batch size per process")
     t.add_argument("--lr", type=float, help="peak learning rate (after warmup)")
@@ -68,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config overrides, e.g. model.d_model=64 train.warmup_steps=500")
     t.set_defaults(func=cmd_train)
 
+
+def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="train DMM and the DT baseline on the same data and seed, "
                        "print a side-by-side table",
                        description="Train DMM (default.yaml or --config) and DT (dt-default.yaml "
@@ -81,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides applied to both configs (e.g. train.lr=3e-4)")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="re-evaluate a checkpoint",
                        description="Roll out a saved policy in Gymnasium (N episodes at once) and "
                        "report the normalized score (mean ± std over episodes and seeds). "
@@ -100,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="results JSON path (default <run>/eval-<mode>.json)")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_datasets(sub) -> None:
     d = sub.add_parser("datasets", help="list embedded datasets and what the D4RL / Minari "
                        "caches hold",
                        description="List the embedded datasets (generated from Gymnasium on "
@@ -111,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "datasets now")
     d.set_defaults(func=cmd_datasets)
     dsub = d.add_subparsers(dest="datasets_command", metavar="make")
+    _add_datasets_make(dsub)
+    _add_datasets_install(dsub)
+
+
+def _add_datasets_make(dsub) -> None:
     dm = dsub.add_parser(
         "make", help="make MuJoCo locomotion datasets the D4RL way (SAC online, then save)",
         description="Train SAC (stable-baselines3, fixed recipe: dmm/data/generate.py) on a "
@@ -137,30 +156,40 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--work", help="SAC work folder (default $DMM_CACHE_DIR/sac/ENV-seedS)")
     dm.add_argument("--no-next-observations", action="store_true",
                     help="leave next_observations out of the HDF5 files (40%% smaller)")
-    dm.add_argument("--pack", action="store_true", help="also write <out>/<task>-<kind>-"
-                    "minari.tar.xz of each Minari dataset and <out>/MANIFEST.json (what the "
-                    "repository ships)")
+    dm.add_argument("--pack", action="store_true", help="also write <out>/MANIFEST.json for "
+                    "the HDF5 files (what the repository ships: `dmm datasets install` makes the "
+                    "Minari datasets from them)")
     dm.add_argument("--force", action="store_true", help="rewrite datasets already written")
     dm.add_argument("--max-medium-steps", type=int, default=None,
                     help="SAC steps after which to give up looking for the medium cut")
     dm.add_argument("--no-progress", action="store_true", help="no progress bars")
     dm.set_defaults(func=cmd_datasets_make)
+
+
+def _add_datasets_install(dsub) -> None:
     di = dsub.add_parser(
-        "install", help="copy shipped datasets (e.g. datasets/hopper) into the D4RL and Minari "
-        "caches", description="Check every file of DIR/MANIFEST.json (sha256) first, then copy "
-        "its HDF5 files into $D4RL_DATASET_DIR (~/.d4rl/datasets) and unpack its Minari "
-        "tarballs into $MINARI_DATASETS_PATH (~/.minari/datasets), so d4rl:<name> and "
-        "minari:<id> find them. Each dataset goes through a staging folder and is renamed into "
-        "place whole; an install cut short is named by `dmm datasets` and the loaders, and "
-        "running this command again repairs it.")
+        "install", help="install shipped datasets (e.g. datasets/hopper) into the D4RL and "
+        "Minari caches", description="Check every file of DIR/MANIFEST.json (sha256) first, "
+        "then copy its HDF5 files into $D4RL_DATASET_DIR (~/.d4rl/datasets) and make their "
+        "Minari datasets in $MINARI_DATASETS_PATH (~/.minari/datasets; the file's steps, the "
+        "last observation of each episode from a replay in the env: needs gymnasium[mujoco] and "
+        "minari), so d4rl:<name> and minari:<id> find them. Each dataset goes through a staging "
+        "folder and is renamed into place whole; an install cut short is named by `dmm "
+        "datasets` and the loaders, and running this command again repairs it.")
     di.add_argument("dir", help="folder holding MANIFEST.json (e.g. datasets/hopper)")
+    di.add_argument("--no-minari", action="store_true",
+                    help="install the HDF5 files only (no gymnasium[mujoco] / minari needed)")
     di.set_defaults(func=cmd_datasets_install)
 
+
+def _add_info(sub) -> None:
     i = sub.add_parser("info", help="versions, compiled kernels, CUDA",
                        description="Print package versions, whether the compiled dmm_kernels "
                        "extension is loaded, and CUDA availability.")
     i.set_defaults(func=cmd_info)
-    return p
+
+
+SUBCOMMANDS = (_add_train, _add_compare, _add_eval, _add_datasets, _add_info)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -271,7 +300,7 @@ def cmd_eval(args) -> int:
 
 def cmd_datasets_make(args) -> int:
     if args.pack and not args.out:
-        raise ValueError("--pack needs --out (the folder the tarballs and MANIFEST.json go to)")
+        raise ValueError("--pack needs --out (the folder the HDF5 files and MANIFEST.json go to)")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps {args.steps}: each dataset needs at least 1 step")
     if args.seed < 0:
@@ -299,8 +328,9 @@ def cmd_datasets_make(args) -> int:
 
 def cmd_datasets_install(args) -> int:
     d4rl, minari = generate.default_out_dirs()
-    for name in install.install_shipped(Path(args.dir), d4rl, minari):
-        print(f"installed {name}: {d4rl}, {minari}")
+    made = not args.no_minari
+    for name in install.install_shipped(Path(args.dir), d4rl, minari, minari=made):
+        print(f"installed {name}: {d4rl}" + (f", {minari}" if made else ""))
     return 0
 
 

@@ -25,6 +25,7 @@ import re
 import torch
 
 from dmm.model import DecisionMetaMamba
+from dmm_kernels import mixers
 
 MODALITIES = ("rtg", "obs", "act")  # the paper's names for modalities 0, 1, 2
 _SHARED = ("embed_return", "embed_state", "embed_action", "embed_ln")
@@ -109,7 +110,7 @@ def from_paper(sd: dict) -> tuple[dict, dict]:
         "state_dim": sd["embed_state.weight"].shape[1],      # Linear(S, D): weight (D, S)
         "act_dim": sd["embed_action.weight"].shape[1],
         "d_model": d_model, "n_layers": n_layers, "mixer": mixer, "preset": "v2" if v2 else "v1",
-        "window": w1.shape[1] if mixer.endswith("conv") else w1.shape[2] // d_model,
+        "window": mixers.window_of(w1, mixers.parse(mixer).kind, d_model),
         "expand": out["blocks.0.in_proj.weight"].shape[0] // (2 * d_model),
         "d_state": out["blocks.0.A_log"].shape[1],
         # The authors' model, trained further as theirs: v2 shares ln_1 / ln_2 across layers,
@@ -125,9 +126,9 @@ def to_paper(sd: dict, config: dict) -> dict:
     mixer, v2 = config["mixer"], config["preset"] == "v2"
     if v2 and mixer != "dense":
         raise ValueError(f"convert.to_paper: the v2 code only has the dense mixer; got {mixer!r}")
-    if mixer == "none":
+    if mixer == mixers.NO_MIXER:
         raise ValueError("convert.to_paper: mixer 'none' has no counterpart in the authors' code")
-    kind = mixer.removeprefix("double-")
+    kind = mixers.parse(mixer).kind
     if kind == "line" and not v2 and not config.get("faithful"):
         raise ValueError("convert.to_paper: a per-token 'line' mixer has no counterpart in the "
                          "authors' v1 code, whose MultiModalLine slices output channels; build the "

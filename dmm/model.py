@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dmm.nn import PRESETS, MetaMambaBlock
+from dmm.nn import PRESETS, make_block
+from dmm_kernels import mixers
 from dmm.tokens import N_TOKEN_TYPES, PAD_ACTION, left_pad_window
 
 
@@ -33,7 +34,7 @@ class DecisionMetaMamba(nn.Module):
         if preset not in PRESETS:
             raise ValueError(f"DecisionMetaMamba: preset must be one of {tuple(PRESETS)}; got {preset!r}")
         mixer = PRESETS[preset]["mixer"] if mixer is None else mixer
-        if share_mixer and mixer in ("none", "double-conv", "double-line"):
+        if share_mixer and mixer not in mixers.SINGLE_MIXERS:
             raise ValueError(f"DecisionMetaMamba: share_mixer=True needs a single mixer "
                              f"(conv, line, dense); got mixer={mixer!r}")
         self.config = {
@@ -54,8 +55,8 @@ class DecisionMetaMamba(nn.Module):
         self.embed_ln = nn.LayerNorm(d_model)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            MetaMambaBlock(d_model, mixer=mixer, preset=preset, window=window, expand=expand,
-                           d_state=d_state, faithful=faithful, layer_idx=i)
+            make_block(d_model, mixer=mixer, preset=preset, window=window, expand=expand,
+                       d_state=d_state, faithful=faithful, layer_idx=i)  # MambaBlock for "none"
             for i in range(n_layers))
         if faithful and preset == "v2":
             # The authors' v2 code has one ln_1 / ln_2 pair used by every layer.

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from dmm.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from dmm.config import (RESUMABLE_KEYS, check_values, check_widths, model_config,
+from dmm.config import (RESUMABLE_KEYS, Config, check_values, check_widths, model_config,
                         resolve_config)
 from dmm.data import SegmentSampler, load_dataset
 from dmm.evaluate import check_env, evaluate_model, normalize
@@ -46,6 +46,7 @@ from dmm.factory import build_model
 from dmm.loss import action_loss
 from dmm.plots import plot_learning_curve
 from dmm.runtime import DistInfo, barrier, init_distributed, select_device, set_threads
+from dmm_kernels import mixers
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -86,10 +87,10 @@ def lr_lambda(warmup_steps: int, total_steps: int, decay: str = "none",
     return multiplier
 
 
-def default_run_dir(cfg: dict, dataset_name: str) -> Path:
+def default_run_dir(cfg: Config, dataset_name: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in dataset_name)
-    return Path("runs") / f"{safe}-{cfg['model']['model']}-seed{cfg['train']['seed']}-{stamp}"
+    return Path("runs") / f"{safe}-{cfg.model['model']}-seed{cfg.train.seed}-{stamp}"
 
 
 class _DeferredInterrupt:
@@ -168,46 +169,136 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
     """Train according to `config` (from make_config + apply_overrides), or resume the run
     folder / checkpoint `resume` (then `config` holds only the allowed changes, e.g.
     {"train": {"steps": 20000}}). `callback(step, info)` runs after every completed step
-    (tests use it to interrupt). Returns a TrainResult; on Ctrl-C saves and re-raises."""
-    t_start = time.time()
+    (tests use it to interrupt). Returns a TrainResult; on Ctrl-C saves and re-raises.
+    Three parts: _setup (config, data, model, optimizer, run folder), _loop (the steps, with
+    logging, evaluation points, checkpoints and interrupts) and _finish (last checkpoint,
+    final evaluation, results)."""
+    run = _setup(config, resume, log)
+    history: list = []
+    _loop(run, history, callback, progress)
+    return _finish(run, history)
+
+
+@dataclass
+class _Run:
+    """What a run holds from _setup through _loop to _finish."""
+    cfg: Config
+    resumed: bool
+    t_start: float
+    log: Callable[[str], None]
+    dist_info: DistInfo
+    device: torch.device
+    dataset: object
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    mcfg: dict
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sampler: SegmentSampler
+    run_dir: Path | None
+    step: int = 0
+    dataset_info: dict = field(default_factory=dict)
+    dataset_score: float | None = None
+    metrics: MetricsLog | None = None
+
+    @property
+    def reward_scale(self) -> float:
+        return float(self.cfg.data.reward_scale)
+
+    def checkpoint(self) -> None:
+        if self.dist_info.is_main:
+            save_checkpoint(self.run_dir / "checkpoints" / "last.pt", {
+                "model_config": self.mcfg, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "rng": rng_state(), "state_mean": self.state_mean,
+                "state_std": self.state_std, "reward_scale": self.reward_scale,
+                "dataset": self.cfg.data.dataset, "dataset_info": self.dataset_info,
+                "config": self.cfg.to_dict()})
+
+    def plot(self) -> None:
+        title = (f"{self.dataset.name} · {_model_name(self.model.config)} · seed "
+                 f"{self.cfg.train.seed}")
+        _plot(self.run_dir, title, self.dataset_score)
+
+    def evaluate(self) -> dict | None:
+        ec = self.cfg.eval
+        if not self.dist_info.is_main or ec.episodes <= 0:
+            return None
+        return evaluate_model(self.model, self.dataset_info, state_mean=self.state_mean,
+                              state_std=self.state_std, reward_scale=self.reward_scale,
+                              episodes=ec.episodes, target_return=ec.target_return,
+                              mode=ec.mode, action_pad=ec.action_pad, seeds=[ec.seed],
+                              device=self.device)
+
+
+def _run_config(config: dict, resume) -> tuple[dict, dict | None]:
+    """(the config to train with, the checkpoint when resuming)."""
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        cfg = _resume_config(ckpt["config"], config or {})
-        if cfg["train"]["steps"] < ckpt["step"]:
-            raise ValueError(f"--steps {cfg['train']['steps']} is below the {ckpt['step']} steps "
+        cfg = Config.of(_resume_config(ckpt["config"], config or {}))
+        if cfg.train.steps < ckpt["step"]:
+            raise ValueError(f"--steps {cfg.train.steps} is below the {ckpt['step']} steps "
                              f"{resume} has done; give more steps to extend the run")
     else:
-        cfg = copy.deepcopy(config)
+        cfg = Config.of(config)
     check_values(cfg)
-    tc, ec = cfg["train"], cfg["eval"]
+    return cfg, ckpt
 
-    dist_info = init_distributed(tc["device"])
-    device = select_device(tc["device"], dist_info.local_rank)
-    set_threads(tc.get("threads"))
 
-    dataset = load_dataset(cfg["data"]["dataset"])
+def _setup(config: dict, resume, log) -> _Run:
+    t_start = time.time()
+    cfg, ckpt = _run_config(config, resume)
+    tc = cfg.train
+    dist_info = init_distributed(tc.device)
+    device = select_device(tc.device, dist_info.local_rank)
+    set_threads(tc.threads)
+
+    dataset = load_dataset(cfg.data.dataset)
     if ckpt is None:
         cfg = resolve_config(cfg, dataset)
-        tc, ec = cfg["train"], cfg["eval"]
+        tc = cfg.train
         state_mean, state_std = (np.asarray(x, dtype=np.float32) for x in dataset.state_stats())
     else:
         state_mean, state_std = np.asarray(ckpt["state_mean"]), np.asarray(ckpt["state_std"])
-    reward_scale = float(cfg["data"]["reward_scale"])
     # Fail now, not after hours of training: the data's widths against the model's and the env's.
     if ckpt is not None:
         check_widths(ckpt["model_config"], dataset, where=f"the model of {resume}")
     mcfg = ckpt["model_config"] if ckpt is not None else model_config(cfg, dataset)
-    if ec["episodes"] > 0 and dist_info.is_main:
+    if cfg.eval.episodes > 0 and dist_info.is_main:
         check_env(getattr(dataset, "env_id", None), dataset.state_dim, dataset.act_dim,
                   source=dataset.name)
 
-    torch.manual_seed(tc["seed"])  # model initialisation
+    model, optimizer, scheduler, step = _model_and_optimizer(tc, mcfg, ckpt, device)
+    run_dir = _prepare_run_dir(cfg, dataset, resume, dist_info)
+    sampler = SegmentSampler(dataset, int(mcfg.get("context_len", 20)),
+                             float(cfg.data.reward_scale), state_mean, state_std,
+                             seed=tc.seed)
+    ddp_model = model
+    if dist_info.world_size > 1:
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(cfg, ckpt is not None, t_start, log, dist_info, device, dataset, state_mean,
+               state_std, mcfg, model, ddp_model, optimizer, scheduler, sampler, run_dir, step)
+    run.dataset_info = _dataset_info(dataset, cfg)
+    run.dataset_score = _dataset_score(dataset, run.dataset_info)
+    if dist_info.is_main:
+        _write_config(run_dir, cfg, mcfg)
+        run.metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt else None)
+        _log_start(run)
+    return run
+
+
+def _model_and_optimizer(tc: dict, mcfg: dict, ckpt: dict | None, device):
+    """(model, AdamW, warmup scheduler, step), restored from `ckpt` when resuming."""
+    torch.manual_seed(tc.seed)  # model initialisation
     model = build_model(mcfg).to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, tc["weight_decay"]), lr=tc["lr"],
-                                  betas=tuple(tc["betas"]))
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr,
+                                  betas=tuple(tc.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(
-        tc["warmup_steps"], tc["steps"], tc["lr_decay"], tc["lr_min_ratio"]))
+        tc.warmup_steps, tc.steps, tc.lr_decay, tc.lr_min_ratio))
     step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -215,147 +306,143 @@ def train(config: dict, *, resume: str | os.PathLike | None = None,
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
+    return model, optimizer, scheduler, step
 
-    run_dir = _prepare_run_dir(cfg, dataset, resume, dist_info)
-    ctx_len = int(mcfg.get("context_len", 20))
-    sampler = SegmentSampler(dataset, ctx_len, reward_scale, state_mean, state_std,
-                             seed=tc["seed"])
 
-    ddp_model = model
-    if dist_info.world_size > 1:
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+def _log_start(run: _Run) -> None:
+    if run.resumed:
+        run.log(f"resuming {run.run_dir} at step {run.step} of {run.cfg.train.steps}")
+        return
+    ds = run.dataset
+    run.log(f"training {run.mcfg['model']} ({sum(p.numel() for p in run.model.parameters()):,} "
+            f"parameters) on {ds.name}: {len(ds.episodes)} episodes, "
+            f"{sum(len(e['rewards']) for e in ds.episodes):,} steps; device {run.device}; "
+            f"run folder {run.run_dir}")
 
-    dataset_info = _dataset_info(dataset, cfg)
-    dataset_score = _dataset_score(dataset, dataset_info)
-    title = f"{dataset.name} · {_model_name(model.config)} · seed {tc['seed']}"
-    metrics = None
-    if dist_info.is_main:
-        _write_config(run_dir, cfg, mcfg)
-        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt else None)
 
-    def checkpoint() -> None:
-        if dist_info.is_main:
-            save_checkpoint(run_dir / "checkpoints" / "last.pt", {
-                "model_config": mcfg, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "rng": rng_state(), "state_mean": state_mean,
-                "state_std": state_std, "reward_scale": reward_scale,
-                "dataset": cfg["data"]["dataset"], "dataset_info": dataset_info, "config": cfg})
+def _train_step(run: _Run, amp: bool):
+    """One optimizer step on this step's seeded batch -> (loss, grad norm), both detached."""
+    tc, device = run.cfg.train, run.device
+    seed = step_seed(tc.seed, run.step, run.dist_info.rank)
+    torch.manual_seed(seed)  # dropout masks of this step
+    batch = run.sampler.sample(tc.batch_size, generator=torch.Generator().manual_seed(seed))
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        pred = run.ddp_model(batch["states"], batch["actions"], batch["returns_to_go"],
+                             timesteps=batch["timesteps"], attention_mask=batch["mask"])
+    loss = action_loss(pred, batch["actions"], batch["mask"])
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    return loss.detach(), grad_norm.detach()
 
-    def plot() -> None:
-        _plot(run_dir, title, dataset_score)
 
-    def run_eval() -> dict | None:
-        if not dist_info.is_main or ec["episodes"] <= 0:
-            return None
-        return evaluate_model(model, dataset_info, state_mean=state_mean, state_std=state_std,
-                              reward_scale=reward_scale, episodes=ec["episodes"],
-                              target_return=ec["target_return"], mode=ec["mode"],
-                              action_pad=ec["action_pad"], seeds=[ec["seed"]], device=device)
+class _LogWindow:
+    """Losses and gradient norms since the last logging point, and its time and step."""
 
-    if dist_info.is_main and ckpt is not None:
-        log(f"resuming {run_dir} at step {step} of {tc['steps']}")
-    if dist_info.is_main and ckpt is None:
-        log(f"training {mcfg['model']} ({sum(p.numel() for p in model.parameters()):,} "
-            f"parameters) on {dataset.name}: {len(dataset.episodes)} episodes, "
-            f"{sum(len(e['rewards']) for e in dataset.episodes):,} steps; device {device}; "
-            f"run folder {run_dir}")
+    def __init__(self, step: int):
+        self.losses, self.norms, self.t, self.step = [], [], time.time(), step
 
-    amp = bool(tc["amp"]) and device.type == "cuda"
-    total = int(tc["steps"])
-    bar = _progress(total, step, enabled=progress and dist_info.is_main)
-    history, window_losses, window_norms = [], [], []
-    t_log, steps_at_log = time.time(), step
-    interrupted = False
-    model.train()
-    with _DeferredInterrupt(enabled=dist_info.world_size == 1) as stop:
+    def row(self, run: _Run) -> dict:
+        now = time.time()
+        row = {"step": run.step, "loss": torch.stack(self.losses).mean().item(),
+               "lr": run.scheduler.get_last_lr()[0],
+               "grad_norm": torch.stack(self.norms).mean().item(),
+               "steps_per_s": (run.step - self.step) / max(now - self.t, 1e-9),
+               "elapsed_s": now - run.t_start}
+        self.losses, self.norms, self.t, self.step = [], [], now, run.step
+        return row
+
+
+def _loop(run: _Run, history: list, callback, progress: bool) -> None:
+    """The steps up to train.steps; a Ctrl-C (or a second one) saves a checkpoint and re-raises."""
+    tc = run.cfg.train
+    amp = bool(tc.amp) and run.device.type == "cuda"
+    total = int(tc.steps)
+    bar = _progress(total, run.step, enabled=progress and run.dist_info.is_main)
+    window = _LogWindow(run.step)
+    run.model.train()
+    with _DeferredInterrupt(enabled=run.dist_info.world_size == 1) as stop:
         try:
-            while step < total:
-                seed = step_seed(tc["seed"], step, dist_info.rank)
-                torch.manual_seed(seed)  # dropout masks of this step
-                batch = sampler.sample(tc["batch_size"], generator=torch.Generator().manual_seed(seed))
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    pred = ddp_model(batch["states"], batch["actions"], batch["returns_to_go"],
-                                     timesteps=batch["timesteps"], attention_mask=batch["mask"])
-                loss = action_loss(pred, batch["actions"], batch["mask"])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                window_losses.append(loss.detach())
-                window_norms.append(grad_norm.detach())
+            while run.step < total:
+                loss, grad_norm = _train_step(run, amp)
+                window.losses.append(loss)
+                window.norms.append(grad_norm)
                 bar.update(1)
-
-                if step % tc["log_every"] == 0 or step == total:
-                    now = time.time()
-                    row = {"step": step, "loss": torch.stack(window_losses).mean().item(),
-                           "lr": scheduler.get_last_lr()[0],
-                           "grad_norm": torch.stack(window_norms).mean().item(),
-                           "steps_per_s": (step - steps_at_log) / max(now - t_log, 1e-9),
-                           "elapsed_s": now - t_start}
-                    window_losses, window_norms = [], []
-                    t_log, steps_at_log = now, step
+                if run.step % tc.log_every == 0 or run.step == total:
+                    row = window.row(run)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    if metrics:
-                        metrics.write(**row)
+                    if run.metrics:
+                        run.metrics.write(**row)
                     history.append(row)
-                if tc["eval_every"] and step % tc["eval_every"] == 0 and step < total:
-                    res = run_eval()
-                    if res is not None:
-                        row = _eval_row(step, res, t_start)
-                        metrics.write(**row)
-                        history.append(row)
-                        bar.write(f"step {step}: normalized score {res['score_mean']:.1f} "
-                                  f"± {res['score_std']:.1f}")
-                        plot()
-                    model.train()
-                    barrier(dist_info)
-                if step % tc["checkpoint_every"] == 0:
-                    checkpoint()
+                if tc.eval_every and run.step % tc.eval_every == 0 and run.step < total:
+                    _eval_point(run, history, bar)
+                if run.step % tc.checkpoint_every == 0:
+                    run.checkpoint()
                 if callback is not None:
-                    callback(step, {"model": model, "optimizer": optimizer, "loss": loss.detach()})
+                    callback(run.step, {"model": run.model, "optimizer": run.optimizer,
+                                        "loss": loss})
                 if stop.requested:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            interrupted = True
             bar.close()
-            checkpoint()
-            if dist_info.is_main:
-                plot()
-                log(f"interrupted at step {step}; checkpoint saved. Continue with: "
-                    f"dmm train --resume {run_dir}")
+            run.checkpoint()
+            if run.dist_info.is_main:
+                run.plot()
+                run.log(f"interrupted at step {run.step}; checkpoint saved. Continue with: "
+                        f"dmm train --resume {run.run_dir}")
             raise
     bar.close()
-    checkpoint()
 
+
+def _eval_point(run: _Run, history: list, bar) -> None:
+    res = run.evaluate()
+    if res is not None:
+        row = _eval_row(run.step, res, run.t_start)
+        run.metrics.write(**row)
+        history.append(row)
+        bar.write(f"step {run.step}: normalized score {res['score_mean']:.1f} "
+                  f"± {res['score_std']:.1f}")
+        run.plot()
+    run.model.train()
+    barrier(run.dist_info)
+
+
+def _finish(run: _Run, history: list) -> TrainResult:
+    """The last checkpoint, the final evaluation, results.json and the learning curve."""
+    run.checkpoint()
     final = None
-    if dist_info.is_main:
-        final = run_eval()
+    if run.dist_info.is_main:
+        final = run.evaluate()
         if final is not None:
-            row = _eval_row(step, final, t_start)
-            metrics.write(**row)
+            row = _eval_row(run.step, final, run.t_start)
+            run.metrics.write(**row)
             history.append(row)
-        elapsed = time.time() - t_start
-        _write_results(run_dir, final, dataset_score, step, elapsed)
-        plot()
+        elapsed = time.time() - run.t_start
+        _write_results(run.run_dir, final, run.dataset_score, run.step, elapsed)
+        run.plot()
         if final is not None:
-            log(f"final normalized score: {final['score_mean']:.1f} ± {final['score_std']:.1f} "
-                f"(mean ± std over {final['episodes']} episodes, return "
-                f"{final['return_mean']:.1f}, target {ec['target_return']})")
-        if dataset_score is not None:
-            log(f"dataset average normalized return: {dataset_score:.1f}")
-        log(f"done in {elapsed:.0f} s; run folder {run_dir}")
-    barrier(dist_info)
-    return TrainResult(run_dir, model, step, final, dataset_score, time.time() - t_start,
-                       interrupted, history)
+            run.log(f"final normalized score: {final['score_mean']:.1f} ± "
+                    f"{final['score_std']:.1f} (mean ± std over {final['episodes']} episodes, "
+                    f"return {final['return_mean']:.1f}, target "
+                    f"{run.cfg.eval.target_return})")
+        if run.dataset_score is not None:
+            run.log(f"dataset average normalized return: {run.dataset_score:.1f}")
+        run.log(f"done in {elapsed:.0f} s; run folder {run.run_dir}")
+    barrier(run.dist_info)
+    return TrainResult(run.run_dir, run.model, run.step, final, run.dataset_score,
+                       time.time() - run.t_start, False, history)
 
 
-def _resume_config(saved: dict, changes: dict) -> dict:
+def _resume_config(saved: dict, changes: Config | dict) -> dict:
+    """The saved config with the allowed `changes` (a partial mapping, or a whole Config whose
+    unchanged values are no change)."""
     cfg = copy.deepcopy(saved)
+    if isinstance(changes, Config):
+        changes = changes.to_dict()
     for section, values in changes.items():
         for key, value in (values or {}).items():
             name = f"{section}.{key}"
@@ -372,8 +459,8 @@ def _prepare_run_dir(cfg: dict, dataset, resume, dist_info: DistInfo) -> Path | 
     if resume is not None:
         p = Path(resume)
         run_dir = p if p.is_dir() else p.parent.parent
-    elif cfg["train"]["out"]:
-        run_dir = Path(cfg["train"]["out"])
+    elif cfg.train.out:
+        run_dir = Path(cfg.train.out)
         if (run_dir / "checkpoints" / "last.pt").exists():
             raise FileExistsError(f"run folder {run_dir} already holds a checkpoint; continue it "
                                   f"with --resume {run_dir} or choose another --out")
@@ -386,7 +473,7 @@ def _prepare_run_dir(cfg: dict, dataset, resume, dist_info: DistInfo) -> Path | 
 
 def _write_config(run_dir: Path, cfg: dict, mcfg: dict) -> None:
     with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(_plain(cfg), f, sort_keys=False)
+        yaml.safe_dump(_plain(cfg.to_dict()), f, sort_keys=False)
 
 
 def _plain(x):
@@ -404,12 +491,12 @@ def _dataset_info(dataset, cfg: dict) -> dict:
     """What evaluation needs about the dataset, stored in the checkpoint so `dmm eval` works
     without the data files."""
     refs = getattr(dataset, "reference_returns", None)
-    return {"spec": cfg["data"]["dataset"], "name": dataset.name,
+    return {"spec": cfg.data.dataset, "name": dataset.name,
             "env_id": getattr(dataset, "env_id", None),
             "reference_returns": None if refs is None else [float(refs[0]), float(refs[1])],
             "max_ep_len": int(getattr(dataset, "max_ep_len", None) or 1000),
             "action_scale": float(getattr(dataset, "action_scale", 1.0)),
-            "target_return": cfg["eval"]["target_return"]}
+            "target_return": cfg.eval.target_return}
 
 
 def _dataset_score(dataset, info: dict) -> float | None:
@@ -436,7 +523,7 @@ def _model_name(config: dict) -> str:
     if config["model"] == "dt":
         return "Decision Transformer"
     mixer = config["mixer"]
-    return "Decision Mamba (no mixer)" if mixer == "none" else f"DMM ({mixer} mixer)"
+    return "Decision Mamba (no mixer)" if mixer == mixers.NO_MIXER else f"DMM ({mixer} mixer)"
 
 
 def _plot(run_dir: Path, title: str, dataset_score: float | None) -> None:

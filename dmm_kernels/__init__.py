@@ -3,8 +3,8 @@
 HAS_EXTENSION is True when the compiled ops are loaded and in use; BUILD_INFO says what the
 build compiled (CPU or CPU + CUDA kernels, against which torch, and why); BACKEND says what runs
 the ops per device type (dmm_kernels/backend.py: compiled CUDA kernels, Triton, or the reference).
-DMM_KERNELS_BACKEND=cuda|triton|reference forces one; DMM_KERNELS_FORCE_REFERENCE=1 is the same
-as reference; DMM_KERNELS_LIBRARY=/path/to.so loads a development build of the ops in place of
+DMM_KERNELS_BACKEND=cuda|triton|reference forces one (reference turns the
+compiled ops off); DMM_KERNELS_LIBRARY=/path/to.so loads a development build of the ops in place of
 dmm_kernels._C. A DMM_KERNELS_BACKEND that cannot be honoured does not fail the import: every
 op raises BackendError (BACKEND_ERROR holds the message; check_backend() raises it).
 """
@@ -16,7 +16,7 @@ from dmm_kernels._extension import (
     BUILD_INFO,
     EXTENSION_ERROR,
     EXTENSION_LOADED,
-    FORCE_REFERENCE,
+    REFERENCE_FORCED,
     HAS_EXTENSION,
     check_backend,
 )
@@ -31,7 +31,7 @@ from dmm_kernels.ops import (
     selective_scan,
 )
 
-if not EXTENSION_LOADED and not FORCE_REFERENCE and BACKEND_ERROR is None:  # else ops raise it
+if not EXTENSION_LOADED and not REFERENCE_FORCED and BACKEND_ERROR is None:  # else ops raise it
     warnings.warn(
         f"dmm_kernels: compiled ops not available ({EXTENSION_ERROR}); using the pure-PyTorch "
         "reference, which is slow. Reinstall with `pip install .` to build them.",

@@ -58,8 +58,8 @@ def _configure() -> tuple[dict[str, str], str | None]:
 BUILD_INFO = read_build_info()
 EXTENSION_LOADED, EXTENSION_ERROR = _load()
 BACKEND, BACKEND_ERROR = _configure()  # {device type: what runs the ops}, why none can
-FORCE_REFERENCE = backend.reference_forced()
-HAS_EXTENSION = EXTENSION_LOADED and not FORCE_REFERENCE
+REFERENCE_FORCED = backend.reference_forced()
+HAS_EXTENSION = EXTENSION_LOADED and not REFERENCE_FORCED
 
 
 def check_backend() -> None:

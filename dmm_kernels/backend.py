@@ -37,6 +37,9 @@ def _switch() -> str:
 
 def requested() -> str:
     """DMM_KERNELS_BACKEND, validated ("" when unset)."""
+    if _flag("DMM_KERNELS_FORCE_REFERENCE"):  # the retired second switch: say so, never ignore it
+        raise BackendError("DMM_KERNELS_FORCE_REFERENCE is no longer read: set "
+                           "DMM_KERNELS_BACKEND=reference instead (and unset it)")
     name = _switch()
     if name and name not in CHOICES:
         raise BackendError(f"DMM_KERNELS_BACKEND={os.environ['DMM_KERNELS_BACKEND']!r} is not a "
@@ -46,7 +49,7 @@ def requested() -> str:
 
 
 def reference_forced() -> bool:
-    return _switch() == "reference" or _flag("DMM_KERNELS_FORCE_REFERENCE")
+    return _switch() == "reference"
 
 
 def has_compiled_cuda() -> bool:

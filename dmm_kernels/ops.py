@@ -8,7 +8,7 @@ import weakref
 
 import torch
 
-from dmm_kernels import _extension, reference
+from dmm_kernels import _extension, mixers, reference
 from dmm_kernels.params import SCAN_PARAMS, BlockParams
 
 
@@ -150,7 +150,7 @@ def metamamba_block(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
     The block adds the residual h1 around the SSM when residual_ssm or for the double mixers.
     """
     params = BlockParams.of(params)
-    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    mixer, n_modalities = mixers.canonical(mixer, n_modalities)
     if not _extension.uses_ops(h.device):
         return reference.metamamba_block_ref(h, params, mixer, n_modalities, residual_ssm, eps)
     compute_dtype = _autocast_dtype(h)
@@ -203,7 +203,7 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
     can be captured in one CUDA graph (A = -exp(A_log) is made once per parameter version).
     """
     params = BlockParams.of(params)
-    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    mixer, n_modalities = mixers.canonical(mixer, n_modalities)
     if not _extension.uses_ops(h_t.device):
         out, new_cache = reference.metamamba_step_ref(h_t, cache, params, mixer, n_modalities,
                                                       residual_ssm, eps, position)
@@ -266,7 +266,7 @@ def _register():
         batch, L, _ = h.shape
         (E, N), R = p.A_log.shape, p.dt_proj_weight.shape[1]
         width = h.new_empty(batch, L, E)
-        xm = _new(width) if mixer.startswith("double-") else h.new_empty(0)
+        xm = _new(width) if mixers.parse(mixer).double else h.new_empty(0)
         return (_new(h), _new(h), _new(h), h.new_empty(batch, L, 2 * E), xm, _new(width),
                 h.new_empty(batch, L, R + 2 * N), _new(width))
 

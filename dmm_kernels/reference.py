@@ -10,9 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from dmm_kernels import mixers
+from dmm_kernels.mixers import window_of
 from dmm_kernels.params import BlockParams
-
-MIXERS = ("conv", "line", "double-conv", "double-line")
 
 
 def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -120,20 +120,6 @@ def modal_mix_ref(u, weight, bias=None, kind="conv", n_modalities=3, phase=0):
     return y.to(out_dtype)
 
 
-def canonical_mixer(mixer: str, n_modalities: int) -> tuple[str, int]:
-    """Map the v2 "dense" mixer to what it is: "line" with one modality."""
-    if mixer == "dense":
-        return "line", 1
-    if mixer not in MIXERS:
-        raise ValueError(f"mixer must be one of {MIXERS + ('dense',)}; got {mixer!r}")
-    return mixer, n_modalities
-
-
-def _split_mixer(mixer: str) -> tuple[str, bool]:
-    mixer, _ = canonical_mixer(mixer, 1)
-    return mixer.removeprefix("double-"), mixer.startswith("double-")
-
-
 def _ssm_inputs(x, p):
     """x: (batch, L, E) after SiLU -> delta (pre-softplus, no bias), Bc, Cc (batch, L, ...)."""
     R = p.dt_proj_weight.shape[1]
@@ -158,8 +144,7 @@ def block_composite(h, params, mixer="conv", n_modalities=3, residual_ssm=False,
 
     h: (batch, L, D). Returns (out (batch, L, D), cache): the cache after the sequence, in
     allocate_step_cache_ref's layout, from which metamamba_step continues at token L."""
-    mixer, n_modalities = canonical_mixer(mixer, n_modalities)
-    kind, double = _split_mixer(mixer)
+    _, kind, double, n_modalities = mixers.parse(mixer, n_modalities)
     out_dtype = h.dtype
     params = BlockParams.of(params)
     ct = _compute_dtype(h, *params)
@@ -200,7 +185,7 @@ def metamamba_block_ref(h, params, mixer="conv", n_modalities=3, residual_ssm=Fa
 
 def allocate_step_cache_ref(batch, params, mixer="conv", dtype=torch.float32, device="cpu"):
     """Zero cache for metamamba_step: the last W-1 mixer inputs and the SSM state (fp32)."""
-    kind, double = _split_mixer(mixer)
+    _, kind, double, _ = mixers.parse(mixer)
     params = BlockParams.of(params)
     D_model = params.norm1_weight.shape[0]
     E, N = params.A_log.shape
@@ -211,11 +196,6 @@ def allocate_step_cache_ref(batch, params, mixer="conv", dtype=torch.float32, de
         "mixer2_cache": torch.zeros(batch, W - 1, E, dtype=dtype, device=device) if double else None,
         "ssm_state": torch.zeros(batch, E, N, dtype=state_dtype, device=device),
     }
-
-
-def window_of(weight, kind, width):
-    """Window W of a mixer weight: (M, W, D) for conv, (M, D_out, W*D) for line."""
-    return weight.shape[1] if kind == "conv" else weight.shape[2] // width
 
 
 def _mix_step(cache, u_t, weight, bias, kind, modality):
@@ -233,8 +213,7 @@ def _mix_step(cache, u_t, weight, bias, kind, modality):
 def metamamba_step_ref(h_t, cache, params, mixer="conv", n_modalities=3, residual_ssm=False,
                        eps=1e-5, position=0):
     """One token through the block. h_t: (batch, D). Returns (out_t, new_cache); pure."""
-    mixer, n_modalities = canonical_mixer(mixer, n_modalities)
-    kind, double = _split_mixer(mixer)
+    _, kind, double, n_modalities = mixers.parse(mixer, n_modalities)
     out_dtype = h_t.dtype
     params = BlockParams.of(params)
     ct = _compute_dtype(h_t, *params)
@@ -277,8 +256,7 @@ def make_block_params(d_model, mixer="conv", expand=2, d_state=16, window=6, n_m
 
     The line mixers get no bias (as in the paper); "dense" is line with one modality.
     """
-    mixer, n_modalities = canonical_mixer(mixer, n_modalities)
-    kind, double = _split_mixer(mixer)
+    _, kind, double, n_modalities = mixers.parse(mixer, n_modalities)
     E = expand * d_model
     R = math.ceil(d_model / 16)
 

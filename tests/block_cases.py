@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from dmm_kernels import reference
+from dmm_kernels import mixers, reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device"))]
-MIXERS = ["conv", "line", "double-conv", "double-line", "dense"]
+MIXERS = list(mixers.MIXERS)  # every name the block ops accept
 EPS = 1e-5
 
 

@@ -14,7 +14,7 @@ needs_extension = pytest.mark.skipif(not dmm_kernels.EXTENSION_LOADED, reason="c
 
 def run(code, **env_changes):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DMM_KERNELS_BACKEND", "DMM_KERNELS_FORCE_REFERENCE", "TRITON_INTERPRET")}
+           if k not in ("DMM_KERNELS_BACKEND", "TRITON_INTERPRET")}
     env.update(env_changes)
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
@@ -35,10 +35,8 @@ def test_default_cpu_uses_the_cpu_kernels():
     assert out.stdout.split("|")[0].strip() == "cpu-kernels"
 
 
-@pytest.mark.parametrize("switch", [{"DMM_KERNELS_BACKEND": "reference"},
-                                    {"DMM_KERNELS_FORCE_REFERENCE": "1"}])
-def test_reference_forced(switch):
-    out = run(SHOW, **switch)
+def test_reference_forced():
+    out = run(SHOW, DMM_KERNELS_BACKEND="reference")
     assert out.returncode == 0, out.stderr
     assert [s.strip() for s in out.stdout.split("|")] == ["reference", "reference", "False"]
 
@@ -55,6 +53,15 @@ def test_unknown_backend_fails_the_ops_not_the_import():
     assert [s.strip() for s in shown.split("|")] == ["none", "none", str(dmm_kernels.EXTENSION_LOADED)]
     assert error == ("BackendError: DMM_KERNELS_BACKEND='cudnn' is not a backend: expected one of "
                      "cuda, triton, reference; unset it for the automatic choice")
+
+
+def test_retired_reference_switch_is_named_not_ignored():
+    """DMM_KERNELS_BACKEND=reference is the one switch: the old second one stops the ops with the fix."""
+    out = run(SHOW + "\nimport torch" + CALL_OP, DMM_KERNELS_FORCE_REFERENCE="1")
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    assert out.stdout.splitlines()[1] == ("BackendError: DMM_KERNELS_FORCE_REFERENCE is no longer "
+                                          "read: set DMM_KERNELS_BACKEND=reference instead (and "
+                                          "unset it)")
 
 
 @needs_extension

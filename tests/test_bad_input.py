@@ -42,7 +42,7 @@ def workdir(tmp_path, monkeypatch):
 def run_dmm(args, tmp_path, prelude="", **env_changes):
     """`dmm ARGS` in a fresh interpreter (environment switches are read at import)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DMM_KERNELS_BACKEND", "DMM_KERNELS_FORCE_REFERENCE", "TRITON_INTERPRET")}
+           if k not in ("DMM_KERNELS_BACKEND", "TRITON_INTERPRET")}
     env.update(PYTHONPATH=str(ROOT), DMM_CACHE_DIR=str(tmp_path / "cache"),
                D4RL_DATASET_DIR=str(tmp_path / "d4rl"),
                MINARI_DATASETS_PATH=str(tmp_path / "minari"), **env_changes)

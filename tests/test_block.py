@@ -9,7 +9,7 @@ import torch
 import dmm_kernels
 from conftest import not_interpreted
 from block_cases import DEVICES, EPS, MIXERS, make_case
-from dmm_kernels import reference
+from dmm_kernels import mixers, reference
 
 pytestmark = pytest.mark.skipif(
     not dmm_kernels.HAS_EXTENSION,
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 def op_args(h, params, mixer, n_modalities, residual_ssm):
     """Positional arguments of torch.ops.dmm.metamamba_block_fwd ("dense" mapped as ops.py does)."""
-    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    mixer, n_modalities = mixers.canonical(mixer, n_modalities)
     return (h, *params, mixer, n_modalities, residual_ssm, EPS)
 
 

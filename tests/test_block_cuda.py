@@ -8,6 +8,7 @@ import torch
 
 import dmm_kernels
 from conftest import EMULATED
+from dmm_kernels import mixers
 from dmm_kernels import reference as ref
 from dmm_kernels.params import SCAN_PARAMS  # kept in fp32 for low-precision blocks
 
@@ -19,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not dmm_kernels.HAS_EXTENSION, reason="compiled dmm ops not loaded"),
 ]
 
-MIXERS = ("conv", "line", "double-conv", "double-line")
+MIXERS = mixers.BLOCK_MIXERS
 # Bound on ||out - ref|| / ||ref|| against the float64 reference evaluated on the same (rounded)
 # inputs. Low precisions round each stored intermediate (u, h1, v, xz, xs, x_dbl, y, out) once.
 TOLERANCE = {

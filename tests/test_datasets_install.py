@@ -1,63 +1,86 @@
 """`dmm datasets install DIR` (dmm.data.install): every file verified before anything is written,
-each dataset put in place whole through a staging folder, an install cut short by a kill named
-(by `dmm datasets` and the loaders) with the command that repairs it, and repaired by that command.
+each dataset put in place whole through a staging folder (its Minari dataset made from its HDF5
+file), an install cut short by a kill named (by `dmm datasets` and the loaders) with the command
+that repairs it, and repaired by that command.
 
-The shipped folder here is made up: three datasets, each a D4RL-layout HDF5 file and a tarball in
-the Minari store layout (install treats their contents as opaque bytes)."""
-import io
+The shipped folder here is made like `dmm datasets make` makes one, small: three random-action
+Hopper datasets of three episodes (each reset with the seed the recipe uses), written by its
+write_hdf5 with its metadata, listed in MANIFEST.json."""
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from dmm.cli import main
-from dmm.data import load_dataset
-from dmm.data.install import STAGING, install_shipped, sha256
+pytest.importorskip("mujoco", reason="needs gymnasium[mujoco]")
+pytest.importorskip("minari", reason="needs minari")
+
+import gymnasium as gym  # noqa: E402
+
+from dmm.cli import main  # noqa: E402
+from dmm.data import generate as g  # noqa: E402
+from dmm.data import load_dataset  # noqa: E402
+from dmm.data.install import STAGING, install_shipped, sha256  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("hopper-a", "hopper-b", "hopper-c")
+EPISODES = 3
 
 
 def minari_id(name):
     return f"dmmtest/hopper/{name.split('-')[1]}-v0"
 
 
-def _tar_add(tar, arcname, data: bytes):
-    info = tarfile.TarInfo(arcname)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+def random_rollouts(seed: int) -> tuple[dict, list]:
+    """EPISODES episodes of uniform random actions, reset as the recipe's "random" kind is:
+    D4RL arrays and, per episode, the observation after its last action."""
+    env = gym.make("Hopper-v5")
+    rng = np.random.default_rng(seed)
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts")
+    buf, last = {k: [] for k in keys}, []
+    for i in range(EPISODES):
+        obs, _ = env.reset(seed=g.episode_seed(seed, g.RESET_STREAMS["random"], i))
+        done = False
+        while not done:
+            act = rng.uniform(-1, 1, 3).astype(np.float32)
+            nxt, r, term, trunc, _ = env.step(act)
+            for k, v in zip(keys, (obs, act, r, term, trunc and not term)):
+                buf[k].append(v)
+            obs, done = nxt, term or trunc
+        last.append(np.float32(obs))
+    arrays = {k: np.asarray(v, np.float32) for k, v in buf.items()}
+    arrays["terminals"], arrays["timeouts"] = arrays["terminals"] > 0, arrays["timeouts"] > 0
+    return arrays, last
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """The shipped folder (read-only for the tests: each copies it) and each dataset's last
+    observations."""
+    src = tmp_path_factory.mktemp("made") / "shipped"
+    manifest, lasts = {}, {}
+    for i, name in enumerate(NAMES):
+        arrays, lasts[name] = random_rollouts(seed=i)
+        h5 = src / "d4rl" / f"{name}-dmm-v0.hdf5"
+        meta = {"env_id": "Hopper-v5", "seed": i, "recipe_version": g.RECIPE_VERSION,
+                "kind": "random", "behaviour": {"policy": "uniform random actions",
+                                                **g._summary(arrays, "Hopper-v5")}}
+        g.write_hdf5(h5, arrays, meta, next_observations=False)
+        manifest[name] = {"minari_id": minari_id(name), "hdf5": f"d4rl/{h5.name}",
+                          "hdf5_sha256": sha256(h5), "episodes": EPISODES}
+    (src / "MANIFEST.json").write_text(json.dumps(manifest))
+    return src, lasts
 
 
 @pytest.fixture
-def shipped(tmp_path):
-    src = tmp_path / "shipped"
-    (src / "d4rl").mkdir(parents=True)
-    manifest = {}
-    for i, name in enumerate(NAMES):
-        h5 = src / "d4rl" / f"{name}-dmm-v0.hdf5"
-        with h5py.File(h5, "w") as f:
-            f["observations"] = np.full((30, 11), i, np.float32)
-            f["actions"] = np.zeros((30, 3), np.float32)
-            f["rewards"] = np.ones(30, np.float32)
-            f["terminals"] = np.arange(30) == 29
-            f["timeouts"] = np.zeros(30, bool)
-        tgz = src / f"{name}-minari.tar.xz"
-        with tarfile.open(tgz, "w:xz") as tar:
-            _tar_add(tar, "dmmtest/namespace_metadata.json", b"{}")
-            _tar_add(tar, f"{minari_id(name)}/data/main_data.hdf5", f"episodes of {name}".encode() * 50)
-            _tar_add(tar, f"{minari_id(name)}/data/metadata.json", json.dumps({"name": name}).encode())
-        manifest[name] = {"minari_id": minari_id(name), "minari_tarball": tgz.name,
-                          "minari_sha256": sha256(tgz), "hdf5": f"d4rl/{h5.name}",
-                          "hdf5_sha256": sha256(h5)}
-    (src / "MANIFEST.json").write_text(json.dumps(manifest))
-    return src
+def shipped(made, tmp_path):
+    import shutil
+    return Path(shutil.copytree(made[0], tmp_path / "shipped"))
 
 
 @pytest.fixture
@@ -73,31 +96,35 @@ def files(folder: Path) -> dict:
             if p.is_file()} if folder.exists() else {}
 
 
-def expected_files(src: Path) -> tuple[dict, dict]:
-    """What a complete install puts in the D4RL cache and in the Minari store."""
+def assert_complete(src, d4rl, minari, lasts=None):
+    """The HDF5 files copied; each Minari dataset holds the file's steps plus, per episode, the
+    observation after its last action; no staging folder left."""
+    import minari as minari_pkg
+
     manifest = json.loads((src / "MANIFEST.json").read_text())
-    d4rl, minari = {}, {}
-    for m in manifest.values():
-        d4rl[Path(m["hdf5"]).name] = (src / m["hdf5"]).read_bytes()
-        with tarfile.open(src / m["minari_tarball"]) as tar:
-            for member in tar.getmembers():
-                minari[member.name] = tar.extractfile(member).read()
-    return d4rl, minari
-
-
-def assert_complete(src, d4rl, minari):
-    want_d4rl, want_minari = expected_files(src)
-    assert files(d4rl) == want_d4rl
-    assert files(minari) == want_minari  # and no staging folder left
+    assert files(d4rl) == {Path(m["hdf5"]).name: (src / m["hdf5"]).read_bytes()
+                           for m in manifest.values()}
+    for name, m in manifest.items():
+        h5 = load_dataset(str(d4rl / Path(m["hdf5"]).name))
+        mi = load_dataset(f"minari:{m['minari_id']}")
+        assert len(h5.episodes) == len(mi.episodes) == EPISODES
+        for a, b in zip(h5.episodes, mi.episodes):
+            for key in ("observations", "actions", "rewards", "terminals"):
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        if lasts is not None:
+            data = minari_pkg.load_dataset(m["minari_id"])
+            got = [np.asarray(ep.observations)[-1] for ep in data.iterate_episodes()]
+            np.testing.assert_array_equal(np.stack(got), np.stack(lasts[name]))
+            assert data.env_spec.id == "Hopper-v5"
     assert not (d4rl / STAGING).exists() and not (minari / STAGING).exists()
 
 
-def test_install_puts_every_dataset_in_place(shipped, caches, capsys):
+def test_install_puts_every_dataset_in_place(shipped, made, caches, capsys):
     assert main(["datasets", "install", str(shipped)]) == 0
     assert capsys.readouterr().out.count("installed hopper-") == 3
-    assert_complete(shipped, *caches)
+    assert_complete(shipped, *caches, lasts=made[1])
     ds = load_dataset("d4rl:hopper-b-dmm-v0")
-    assert ds.env_id == "Hopper-v5" and float(ds.episodes[0]["observations"][0, 0]) == 1.0
+    assert ds.env_id == "Hopper-v5" and len(ds.episodes) == EPISODES
     # Installing again replaces each dataset whole, with the same result.
     assert main(["datasets", "install", str(shipped)]) == 0
     assert_complete(shipped, *caches)
@@ -105,7 +132,7 @@ def test_install_puts_every_dataset_in_place(shipped, caches, capsys):
 
 @pytest.mark.parametrize("damage", ["changed", "missing"])
 def test_a_damaged_third_file_installs_nothing(damage, shipped, caches, capsys):
-    bad = shipped / "hopper-c-minari.tar.xz"
+    bad = shipped / "d4rl" / "hopper-c-dmm-v0.hdf5"
     if damage == "changed":
         bad.write_bytes(bad.read_bytes()[:-10] + b"0123456789")
     else:
@@ -203,3 +230,26 @@ def test_a_half_there_minari_dataset_says_what_to_do(caches):
     with pytest.raises(ValueError, match=r"minari:dmmtest/hopper/half-v0: the dataset in .*half-v0 "
                        r"is incomplete or damaged .*delete that folder and install or make it again"):
         load_dataset("minari:dmmtest/hopper/half-v0")
+
+
+def test_no_minari_installs_the_hdf5_files_only(shipped, caches, capsys):
+    d4rl, minari = caches
+    assert main(["datasets", "install", str(shipped), "--no-minari"]) == 0
+    assert sorted(files(d4rl)) == [f"{n}-dmm-v0.hdf5" for n in NAMES]
+    assert not minari.exists()
+
+
+def test_a_file_that_does_not_replay_installs_nothing_of_it(shipped, caches):
+    """Actions changed (and the manifest's sha256 with them): the replay no longer reproduces
+    the file's observations, so its Minari dataset cannot be made; no staging is left behind."""
+    d4rl, minari = caches
+    h5 = shipped / "d4rl" / "hopper-b-dmm-v0.hdf5"
+    with h5py.File(h5, "r+") as f:
+        f["actions"][1] = -f["actions"][1]
+    manifest = json.loads((shipped / "MANIFEST.json").read_text())
+    manifest["hopper-b"]["hdf5_sha256"] = sha256(h5)
+    (shipped / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(f"{h5}: episode 0 does not replay (step 1: ")):
+        install_shipped(shipped, d4rl, minari)
+    assert (d4rl / "hopper-a-dmm-v0.hdf5").exists() and not (d4rl / "hopper-b-dmm-v0.hdf5").exists()
+    assert not (d4rl / STAGING).exists() and not (minari / STAGING).exists()

@@ -1,8 +1,8 @@
 """`dmm datasets make` (dmm.data.generate): SAC-made MuJoCo datasets in Minari and D4RL layouts,
-and the Hopper datasets the repository ships (datasets/hopper, MANIFEST.json)."""
+and the Hopper datasets the repository ships (datasets/hopper: HDF5 files and MANIFEST.json; their
+Minari datasets made from them by dmm.data.to_minari, as `dmm datasets install` does)."""
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -147,13 +147,13 @@ def test_shipped_hopper_dataset_loads_through_both_loaders(name, tmp_path):
     if name not in manifest:
         pytest.skip("datasets/hopper/MANIFEST.json lists no dataset")
     m = manifest[name]
-    h5_path, tgz = SHIPPED / m["hdf5"], SHIPPED / m["minari_tarball"]
+    h5_path = SHIPPED / m["hdf5"]
     assert sha256(h5_path) == m["hdf5_sha256"]
-    assert sha256(tgz) == m["minari_sha256"]
     h5 = load_hdf5(h5_path)
-    with tarfile.open(tgz, "r:xz") as tar:
-        tar.extractall(tmp_path, filter="data")
     pytest.importorskip("minari")
+    from dmm.data.to_minari import make_minari
+
+    make_minari(h5_path, m["minari_id"], tmp_path)  # replays every episode: ~15-35 s each
     mi = load_minari_from(tmp_path, m["minari_id"])
     for ds in (h5, mi):
         assert ds.env_id == "Hopper-v5"

@@ -1,4 +1,4 @@
-"""MetaMambaBlock as a drop-in for mamba_ssm.Mamba at inference: mamba-ssm's generation protocol
+"""MetaMambaBlock (and MambaBlock, mixer "none") as a drop-in for mamba_ssm.Mamba at inference: mamba-ssm's generation protocol
 (InferenceParams: a parallel prefill, then one token per call), step() on (B, 1, D) and (B, D)
 with the cache keeping its own position, allocate_inference_cache's signature. Every mixer;
 float64 and eval, so a generation loop must equal the full forward to rounding."""
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dmm import MetaMambaBlock
+from dmm.nn import make_block
 
 D_MODEL, WINDOW = 8, 3
 # (mixer, preset, faithful): every mixer, and the authors' channel-sliced line mixers.
@@ -31,8 +32,8 @@ class InferenceParams:
 def make_stack(mixer, preset, faithful, n_layers=2, seed=0):
     """n_layers float64 blocks (layer_idx 0..n-1) with every parameter moved off its init."""
     torch.manual_seed(seed)
-    blocks = [MetaMambaBlock(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=4,
-                             faithful=faithful, layer_idx=i, dtype=torch.float64)
+    blocks = [make_block(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=4,
+                         faithful=faithful, layer_idx=i, dtype=torch.float64)
               for i in range(n_layers)]
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

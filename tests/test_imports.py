@@ -16,7 +16,9 @@ OPTIONAL = {("dmm_kernels.backend", "dmm_kernels.triton.ops"),  # Triton: only w
             # `dmm datasets make` alone needs the "datasets" extra (stable-baselines3, minari[create]).
             ("dmm.data.generate", "stable_baselines3"),
             ("dmm.data.generate", "stable_baselines3.common.callbacks"),
-            ("dmm.data.generate", "minari")}
+            ("dmm.data.generate", "minari"),
+            # `dmm datasets install` needs minari only to make the Minari datasets (--no-minari).
+            ("dmm.data.to_minari", "minari"), ("dmm.data.to_minari", "minari.data_collector")}
 
 
 def module_files() -> dict[str, Path]:

@@ -8,20 +8,15 @@ would make at the paper shape (B 64, L 24, D 128, E 256, N 16, W 6), our kernels
 emulator and ATen ops (cuBLAS GEMMs, elementwise, reductions) by the dispatch mode, beside the
 paper's unfused path (mamba-ssm's scan, PyTorch mixer, separate GEMMs) counted the same way.
 """
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 import dmm_kernels
+from benchmarks import launch_count
 from conftest import EMULATED, TRITON_INTERPRETED
 from block_cases import make_case
 
-_spec = importlib.util.spec_from_file_location(
-    "launch_count", Path(__file__).resolve().parents[1] / "benchmarks" / "launch_count.py")
-launch_count = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(launch_count)
 
 pytestmark = pytest.mark.skipif(not dmm_kernels.HAS_EXTENSION or TRITON_INTERPRETED,
                                 reason="counts the compiled C++ / CUDA block ops")

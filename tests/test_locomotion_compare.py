@@ -2,22 +2,18 @@
 with the same budget, and `summary` / `table` turn finished runs into the tables."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from benchmarks import locomotion_compare as compare
 from dmm.cli import build_parser, train_config
 from dmm.config import model_config, resolve_config
 from dmm.data import load_dataset
 from dmm.factory import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("locomotion_compare",
-                                               ROOT / "benchmarks" / "locomotion_compare.py")
-compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare)
 
 
 def _train_config(cmd: list[str]) -> dict:

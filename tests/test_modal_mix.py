@@ -14,7 +14,7 @@ LENGTHS = [1, 2, 7, 24, 61, 257]
 @pytest.fixture(autouse=True)
 def _needs_ops():
     assert dmm_kernels.EXTENSION_LOADED, f"dmm ops not loaded: {dmm_kernels.EXTENSION_ERROR}"
-    assert dmm_kernels.HAS_EXTENSION, "DMM_KERNELS_FORCE_REFERENCE is set: nothing to test"
+    assert dmm_kernels.HAS_EXTENSION, "DMM_KERNELS_BACKEND=reference is set: nothing to test"
 
 
 def make_inputs(kind="conv", batch=2, L=7, D=5, W=4, M=3, bias=True, D_out=None,

@@ -1,13 +1,15 @@
-"""MetaMambaBlock: parameter names and shapes, init, presets, forward against the reference,
-step-by-step against forward, gradients. float64 for every comparison; tiny shapes."""
+"""MetaMambaBlock and MambaBlock (mixer "none", built by dmm.nn.make_block): parameter names and
+shapes, init, presets, forward against the reference, step-by-step against forward, gradients.
+float64 for every comparison; tiny shapes."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dmm import MetaMambaBlock
+from dmm import MambaBlock, MetaMambaBlock
 from dmm.nn import MIXERS
+from dmm.nn import make_block as block_for
 from dmm_kernels import reference
 
 D_MODEL, D_STATE, WINDOW = 8, 4, 3
@@ -16,8 +18,8 @@ D_MODEL, D_STATE, WINDOW = 8, 4, 3
 def make_block(mixer, preset="v1", seed=0, **kw):
     """float64 block with every parameter perturbed, so no init symmetry hides a bug."""
     torch.manual_seed(seed)
-    blk = MetaMambaBlock(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=D_STATE,
-                         dtype=torch.float64, **kw)
+    blk = block_for(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=D_STATE,
+                    dtype=torch.float64, **kw)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in blk.named_parameters():
@@ -56,7 +58,8 @@ def expected_shapes(mixer, preset):
 @pytest.mark.parametrize("preset", ["v1", "v2"])
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_parameter_names_and_shapes(mixer, preset):
-    blk = MetaMambaBlock(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=D_STATE)
+    blk = block_for(D_MODEL, mixer=mixer, preset=preset, window=WINDOW, d_state=D_STATE)
+    assert isinstance(blk, MambaBlock if mixer == "none" else MetaMambaBlock)
     got = {n: tuple(p.shape) for n, p in blk.named_parameters()}
     assert got == expected_shapes(mixer, preset)
 
@@ -73,6 +76,11 @@ def test_presets_and_overrides():
         MetaMambaBlock(D_MODEL, mixer="double-conv", residual_ssm=False)
     with pytest.raises(ValueError, match="mixer"):
         MetaMambaBlock(D_MODEL, mixer="attention")
+    with pytest.raises(ValueError, match=r"no mixer: the plain Mamba block, dmm.nn.MambaBlock"):
+        MetaMambaBlock(D_MODEL, mixer="none")
+    with pytest.raises(ValueError, match="residual_ssm=False is not available"):
+        block_for(D_MODEL, mixer="none", residual_ssm=False)
+    assert block_for(D_MODEL, mixer="none", preset="v2").expand == 1  # the preset's expand
     with pytest.raises(ValueError, match="preset"):
         MetaMambaBlock(D_MODEL, preset="v3")
 
@@ -81,7 +89,7 @@ def test_presets_and_overrides():
 def test_mamba_init(mixer):
     torch.manual_seed(0)
     dt_min, dt_max = 2e-3, 5e-2
-    blk = MetaMambaBlock(32, mixer=mixer, d_state=D_STATE, dt_min=dt_min, dt_max=dt_max)
+    blk = block_for(32, mixer=mixer, d_state=D_STATE, dt_min=dt_min, dt_max=dt_max)
     dt = F.softplus(blk.dt_proj.bias.double())
     assert dt.min() >= dt_min * (1 - 1e-6) and dt.max() <= dt_max * (1 + 1e-6)
     assert dt.max() / dt.min() > 3  # log-uniform spread, not a constant

@@ -136,15 +136,14 @@ def test_torch_compile_fullgraph(device):
         torch.testing.assert_close(a, b)
 
 
-def test_force_reference_switch():
-    """DMM_KERNELS_FORCE_REFERENCE=1 turns the compiled ops off; unset, they are used."""
+def test_reference_switch():
+    """DMM_KERNELS_BACKEND=reference turns the compiled ops off; unset, they are used."""
     code = "import dmm_kernels; print(dmm_kernels.HAS_EXTENSION)"
-    env = {**os.environ, "DMM_KERNELS_FORCE_REFERENCE": "1"}
-    env.pop("DMM_KERNELS_BACKEND", None)
+    env = {**os.environ, "DMM_KERNELS_BACKEND": "reference"}
     forced = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             check=True)
     assert forced.stdout.strip() == "False"
-    env["DMM_KERNELS_FORCE_REFERENCE"] = "0"
+    env.pop("DMM_KERNELS_BACKEND")
     normal = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                             check=True)
     assert normal.stdout.strip() == "True"
@@ -164,7 +163,6 @@ def test_fallback_warns_once_when_extension_missing(tmp_path):
         "print(dmm_kernels.HAS_EXTENSION, sum('reference' in str(x.message) for x in w), tuple(y.shape))\n"
     )
     env = {**os.environ, "DMM_KERNELS_LIBRARY": str(tmp_path / "missing.so")}
-    env.pop("DMM_KERNELS_FORCE_REFERENCE", None)
     env.pop("DMM_KERNELS_BACKEND", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)

@@ -15,7 +15,7 @@ ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 @pytest.fixture(autouse=True)
 def _needs_ops():
     assert dmm_kernels.EXTENSION_LOADED, f"dmm ops not loaded: {dmm_kernels.EXTENSION_ERROR}"
-    assert dmm_kernels.HAS_EXTENSION, "DMM_KERNELS_FORCE_REFERENCE is set: nothing to test"
+    assert dmm_kernels.HAS_EXTENSION, "DMM_KERNELS_BACKEND=reference is set: nothing to test"
 
 
 def make_inputs(batch=2, E=5, L=7, N=4, G=None, D=True, z=True, delta_bias=True,

@@ -32,7 +32,7 @@ DEVICE=cuda
 [ $DRY = 1 ] && DEVICE=cpu
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} DMM_FORCE_CUDA=1
-unset DMM_KERNELS_LIBRARY DMM_KERNELS_FORCE_REFERENCE DMM_CUDA_BLOCK_UNFUSED
+unset DMM_KERNELS_LIBRARY DMM_KERNELS_BACKEND DMM_CUDA_BLOCK_UNFUSED
 
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
@@ -81,7 +81,7 @@ if [ $DRY = 0 ]; then
     note "mamba-ssm: carried sm_90 build"
   elif ls .whl/mamba_ssm-*.tar.gz >/dev/null 2>&1; then
     MAMBA_DIR=/tmp/mamba/$(basename .whl/mamba_ssm-*.tar.gz .tar.gz)
-    ( MAX_JOBS=12 $PY tools/gpu/build_mamba.py .whl/mamba_ssm-*.tar.gz /tmp/mamba --arch 90 \
+    ( MAX_JOBS=12 $PY -m tools.gpu.build_mamba .whl/mamba_ssm-*.tar.gz /tmp/mamba --arch 90 \
         >"$LOGS/mamba_build.log" 2>&1; echo "rc=$?" >>"$LOGS/mamba_build.log" ) &
     MAMBA_PID=$!
     note "mamba-ssm: building for sm_90 in the background"
@@ -110,11 +110,11 @@ if [ "$PHASE" != bench ]; then
     for tool in memcheck racecheck synccheck initcheck; do
       # No caching allocator: every tensor is its own allocation, so memcheck sees overruns.
       run_step "sanitizer_$tool" 300 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer \
-        --tool "$tool" --error-exitcode 99 --print-limit 30 $PY tools/gpu/sanitize_driver.py &
+        --tool "$tool" --error-exitcode 99 --print-limit 30 $PY -m tools.gpu.sanitize_driver &
       SANITIZER_PIDS+=($!)
     done
   else
-    run_step sanitize_driver 120 $PY tools/gpu/sanitize_driver.py --device "$DEVICE"
+    run_step sanitize_driver 120 $PY -m tools.gpu.sanitize_driver --device "$DEVICE"
   fi
   XDIST=""
   $PY -c "import xdist" 2>/dev/null && XDIST="-n 6"
@@ -137,17 +137,17 @@ fi
 # ---- benchmarks --------------------------------------------------------------------------------------
 if [ "$PHASE" != tests ]; then
   QUICK=""; [ $DRY = 1 ] && QUICK="--quick"
-  run_step bench_fused 150 $PY tools/gpu/bench_block.py "$LOGS/bench_fused.json" --device "$DEVICE" $QUICK
-  run_step bench_unfused 150 env DMM_CUDA_BLOCK_UNFUSED=1 $PY tools/gpu/bench_block.py \
+  run_step bench_fused 150 $PY -m tools.gpu.bench_block "$LOGS/bench_fused.json" --device "$DEVICE" $QUICK
+  run_step bench_unfused 150 env DMM_CUDA_BLOCK_UNFUSED=1 $PY -m tools.gpu.bench_block \
     "$LOGS/bench_unfused.json" --device "$DEVICE" $QUICK
   [ -f "$LOGS/bench_fused.json" ] && [ -f "$LOGS/bench_unfused.json" ] &&
-    $PY tools/gpu/bench_table.py "$LOGS/bench_fused.json" "$LOGS/bench_unfused.json" | tee "$LOGS/bench_table.md"
+    $PY -m tools.gpu.bench_table "$LOGS/bench_fused.json" "$LOGS/bench_unfused.json" | tee "$LOGS/bench_table.md"
   if [ -n "${MAMBA_PID:-}" ]; then
     timeout $(( $(left) > 200 ? $(left) - 200 : 1 )) tail --pid="$MAMBA_PID" -f /dev/null
     tail -n 3 "$LOGS/mamba_build.log" | tee -a "$SUMMARY"
   fi
   [ -n "$MAMBA_DIR" ] && export PYTHONPATH=$PYTHONPATH:$MAMBA_DIR
-  SCAN="benchmarks/scan_speed.py --device $DEVICE --out $LOGS"
+  SCAN="-m benchmarks.scan_speed --device $DEVICE --out $LOGS"
   if [ $DRY = 1 ]; then
     run_step scan_speed 200 $PY $SCAN --shapes tiny --reps 2
   else
@@ -156,9 +156,9 @@ if [ "$PHASE" != tests ]; then
   [ $DRY = 0 ] && run_step scan_speed_triton 150 env DMM_KERNELS_BACKEND=triton $PY $SCAN \
     --shapes paper,long --compile-shapes "" --out "$LOGS/triton"
   STEPS=20; [ $DRY = 1 ] && STEPS=2
-  run_step train_speed 90 $PY benchmarks/train_speed.py --devices "$DEVICE" --steps $STEPS \
+  run_step train_speed 90 $PY -m benchmarks.train_speed --devices "$DEVICE" --steps $STEPS \
     --out "$LOGS/train_speed.csv"
-  run_step rollout_speed 90 $PY benchmarks/rollout_speed.py --device "$DEVICE" --steps $((STEPS * 10)) \
+  run_step rollout_speed 90 $PY -m benchmarks.rollout_speed --device "$DEVICE" --steps $((STEPS * 10)) \
     --out "$LOGS/rollout_speed.csv"
 fi
 exit 0

@@ -11,7 +11,7 @@ import os
 import h5py
 
 from .dataset import TrajectoryDataset, check_array, split_episodes
-from .install import interrupted_install, repair_hint
+from .staging import interrupted_install, repair_hint
 from .scores import REFERENCE_RETURNS, task_family
 
 KEYS = {"observations": 2, "actions": 2, "rewards": (1, 2), "terminals": (1, 2), "timeouts": (1, 2)}

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import time
 import warnings
 from pathlib import Path
@@ -53,7 +52,7 @@ from tqdm import tqdm
 from dmm.optional import require
 
 from .d4rl import d4rl_cache_dir
-from .install import sha256
+from .staging import sha256
 from .minari import minari_store_dir
 from .scores import REFERENCE_RETURNS
 
@@ -76,6 +75,9 @@ ENVS = ("Hopper-v5", "HalfCheetah-v5", "Walker2d-v5")
 KINDS = ("random", "medium", "medium-replay", "expert", "medium-expert")
 MINARI_NAMESPACE = "dmm"
 DATASET_VERSION = "v0"
+# Reset seeds: episode i of a dataset kind starts from episode_seed(seed, stream, i); the SAC
+# training env uses stream 1 (so medium-replay, its replay buffer, replays from it).
+RESET_STREAMS = {"medium-replay": 1, "random": 10, "medium": 11, "expert": 12}
 
 
 def work_root() -> Path:
@@ -197,16 +199,8 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
 
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
-    state_path = work / "state.json"
     threshold = medium_threshold(env_id) if threshold is None else float(threshold)
-    state = json.loads(state_path.read_text()) if state_path.exists() else {
-        "env_id": env_id, "seed": seed, "recipe_version": RECIPE_VERSION,
-        "sac": {k: v for k, v in SAC_KWARGS.items()}, "medium_threshold": threshold,
-        "eval_every": eval_every, "eval_episodes": eval_episodes,
-        "timesteps": 0, "episodes": 0, "train_seconds": 0.0, "evals": [], "medium": None,
-        "expert": None}
-    if state["env_id"] != env_id or state["seed"] != seed:
-        raise ValueError(f"{work}: holds a run of {state['env_id']} seed {state['seed']}")
+    state = _sac_state(work, env_id, seed, threshold, eval_every, eval_episodes)
     target = expert_steps if until == "expert" else max_medium_steps
     if state["medium"] is not None and (until == "medium" or state["expert"] is not None):
         return state
@@ -215,99 +209,17 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
                            f"{threshold:.0f}); raise --max-medium-steps")
 
     env = _seeded_resets_env(env_id, seed, state["episodes"])
-    if (work / "model.zip").exists():
-        model = SAC.load(work / "model.zip", env=env, device="cpu")
-        model.load_replay_buffer(work / "replay_buffer.pkl")
-        model._last_obs = None  # a fresh episode: the env of the checkpoint is gone
-        if model.num_timesteps != state["timesteps"] or model.replay_buffer.size() != min(
-                state["timesteps"], SAC_KWARGS["buffer_size"]):
-            raise RuntimeError(f"{work}: checkpoint and state.json disagree (model at "
-                               f"{model.num_timesteps} steps, state at {state['timesteps']}); "
-                               "delete the folder to start again")
-        _log(f"resumed {env_id} SAC at {state['timesteps']} steps, {state['episodes']} episodes", log)
-    else:
-        kw = dict(SAC_KWARGS)
-        model = SAC(kw.pop("policy"), env, seed=seed, device="cpu", verbose=0, **kw)
-        _log(f"started {env_id} SAC seed {seed}; medium cut at evaluation return >= "
-             f"{threshold:.1f}", log)
-
-    def checkpoint(n_steps, n_episodes, seconds):
-        # Write all three, then swap them in together: an interruption leaves either the old
-        # checkpoint or the new one (but for a window of microseconds between the renames).
-        model.save(work / "model.tmp.zip")
-        model.save_replay_buffer(work / "replay_buffer.tmp.pkl")
-        state.update(timesteps=n_steps, episodes=n_episodes, train_seconds=round(seconds, 1))
-        (work / "state.tmp.json").write_text(json.dumps(state, indent=1))
-        os.replace(work / "model.tmp.zip", work / "model.zip")
-        os.replace(work / "replay_buffer.tmp.pkl", work / "replay_buffer.pkl")
-        os.replace(work / "state.tmp.json", state_path)
-
+    model = _sac_model(SAC, work, env, state, seed, threshold, log)
     bar = None
     if progress:
         bar = tqdm(total=target, initial=state["timesteps"], unit="step", desc=f"SAC {env_id}",
                    mininterval=2.0, smoothing=0.05)
-    t0_seconds = state["train_seconds"]
-    t_start = time.perf_counter() - t0_seconds
-    start_steps = state["timesteps"]
-
-    class Hook(BaseCallback):
-        def __init__(self):
-            super().__init__()
-            self.episodes = state["episodes"]
-            self.next_eval = (state["timesteps"] // eval_every + 1) * eval_every
-            self.next_ckpt = (state["timesteps"] // ckpt_every + 1) * ckpt_every
-
-            self.episode_ended = False
-            self.stop = False
-
-        # SB3 calls on_step before it stores the step in the replay buffer and on_rollout_end
-        # after (train_freq 1: one step per rollout), so the bookkeeping is done at rollout end.
-        def _on_step(self) -> bool:
-            if self.stop:
-                return False
-            if bar is not None:
-                bar.update(1)
-            self.episode_ended = bool(self.locals["dones"][0])
-            return True
-
-        def _on_rollout_end(self) -> None:
-            if not self.episode_ended:
-                return
-            self.episode_ended = False
-            self.episodes += 1
-            n = self.num_timesteps
-            assert model.replay_buffer.size() == min(n, SAC_KWARGS["buffer_size"])
-            seconds = time.perf_counter() - t_start
-            if n >= self.next_eval:  # after the cut too: the way to the expert is logged
-                self.next_eval = (n // eval_every + 1) * eval_every
-                rets = evaluate_policy_returns(model, env_id, seed, eval_episodes)
-                state["evals"].append({"step": n, "return_mean": float(rets.mean()),
-                                       "return_std": float(rets.std()), "seconds": round(seconds, 1)})
-                rate = (n - start_steps) / max(seconds - t0_seconds, 1e-9)
-                _log(f"{env_id} step {n}: eval return {rets.mean():.1f} +- {rets.std():.1f} "
-                     f"({self.episodes} episodes, {rate:.1f} steps/s this call)", log)
-                if state["medium"] is None and rets.mean() >= threshold:
-                    model.save(work / "medium.zip")
-                    np.savez_compressed(work / "medium_replay.npz", **_extract_buffer(model, n),
-                                        n_episodes=self.episodes)
-                    state["medium"] = {"step": n, "episodes": self.episodes,
-                                       "eval_return_mean": float(rets.mean()),
-                                       "eval_return_std": float(rets.std()),
-                                       "eval_returns": [round(float(r), 2) for r in rets],
-                                       "seconds": round(seconds, 1)}
-                    _log(f"MEDIUM CUT at step {n}: eval return {rets.mean():.1f} >= "
-                         f"{threshold:.1f}", log)
-                    checkpoint(n, self.episodes, seconds)
-                    self.stop = until == "medium"
-            if n >= self.next_ckpt:
-                self.next_ckpt = (n // ckpt_every + 1) * ckpt_every
-                checkpoint(n, self.episodes, seconds)
-            if n >= target:
-                checkpoint(n, self.episodes, seconds)
-                self.stop = True
-
+    run = _SacRun(model, work, state, until, target, threshold,
+                  dict(eval_every=eval_every, ckpt_every=ckpt_every, eval_episodes=eval_episodes),
+                  log)
     model.learn(total_timesteps=max(target - state["timesteps"], 1) + 2000,
-                callback=Hook(), reset_num_timesteps=False, log_interval=10**9)
+                callback=_sac_hook(BaseCallback, run, bar), reset_num_timesteps=False,
+                log_interval=10**9)
     if bar is not None:
         bar.close()
     if until == "medium" and state["medium"] is None:
@@ -318,10 +230,139 @@ def train_sac(env_id: str, work: Path, seed: int = 0, until: str = "medium",
         rets = evaluate_policy_returns(model, env_id, seed, eval_episodes)
         state["expert"] = {"step": state["timesteps"], "eval_return_mean": float(rets.mean()),
                            "eval_return_std": float(rets.std())}
-        _atomic_json(state_path, state)
+        _atomic_json(work / "state.json", state)
         _log(f"EXPERT at step {state['timesteps']}: eval return {rets.mean():.1f}", log)
     env.close()
     return state
+
+
+def _sac_state(work: Path, env_id: str, seed: int, threshold: float, eval_every: int,
+               eval_episodes: int) -> dict:
+    """state.json of the work folder, or a new run's."""
+    state_path = work / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {
+        "env_id": env_id, "seed": seed, "recipe_version": RECIPE_VERSION,
+        "sac": {k: v for k, v in SAC_KWARGS.items()}, "medium_threshold": threshold,
+        "eval_every": eval_every, "eval_episodes": eval_episodes,
+        "timesteps": 0, "episodes": 0, "train_seconds": 0.0, "evals": [], "medium": None,
+        "expert": None}
+    if state["env_id"] != env_id or state["seed"] != seed:
+        raise ValueError(f"{work}: holds a run of {state['env_id']} seed {state['seed']}")
+    return state
+
+
+def _sac_model(SAC, work: Path, env, state: dict, seed: int, threshold: float, log):
+    """The SAC model of the work folder's checkpoint, or a new one."""
+    env_id = state["env_id"]
+    if not (work / "model.zip").exists():
+        kw = dict(SAC_KWARGS)
+        model = SAC(kw.pop("policy"), env, seed=seed, device="cpu", verbose=0, **kw)
+        _log(f"started {env_id} SAC seed {seed}; medium cut at evaluation return >= "
+             f"{threshold:.1f}", log)
+        return model
+    model = SAC.load(work / "model.zip", env=env, device="cpu")
+    model.load_replay_buffer(work / "replay_buffer.pkl")
+    model._last_obs = None  # a fresh episode: the env of the checkpoint is gone
+    if model.num_timesteps != state["timesteps"] or model.replay_buffer.size() != min(
+            state["timesteps"], SAC_KWARGS["buffer_size"]):
+        raise RuntimeError(f"{work}: checkpoint and state.json disagree (model at "
+                           f"{model.num_timesteps} steps, state at {state['timesteps']}); "
+                           "delete the folder to start again")
+    _log(f"resumed {env_id} SAC at {state['timesteps']} steps, {state['episodes']} episodes", log)
+    return model
+
+
+class _SacRun:
+    """A SAC run's bookkeeping at episode ends: evaluations, the medium cut, checkpoints, and
+    when to stop (SB3's callback, _sac_hook, calls episode_end)."""
+
+    def __init__(self, model, work: Path, state: dict, until: str, target: int,
+                 threshold: float, every: dict, log):
+        self.model, self.work, self.state, self.until = model, work, state, until
+        self.target, self.threshold, self.log = target, threshold, log
+        self.eval_every, self.ckpt_every = every["eval_every"], every["ckpt_every"]
+        self.eval_episodes = every["eval_episodes"]
+        self.episodes = state["episodes"]
+        self.next_eval = (state["timesteps"] // self.eval_every + 1) * self.eval_every
+        self.next_ckpt = (state["timesteps"] // self.ckpt_every + 1) * self.ckpt_every
+        self.t0_seconds = state["train_seconds"]
+        self.t_start = time.perf_counter() - self.t0_seconds
+        self.start_steps = state["timesteps"]
+        self.stop = False
+
+    def checkpoint(self, n_steps: int, seconds: float) -> None:
+        # Write all three, then swap them in together: an interruption leaves either the old
+        # checkpoint or the new one (but for a window of microseconds between the renames).
+        work, state = self.work, self.state
+        self.model.save(work / "model.tmp.zip")
+        self.model.save_replay_buffer(work / "replay_buffer.tmp.pkl")
+        state.update(timesteps=n_steps, episodes=self.episodes, train_seconds=round(seconds, 1))
+        (work / "state.tmp.json").write_text(json.dumps(state, indent=1))
+        os.replace(work / "model.tmp.zip", work / "model.zip")
+        os.replace(work / "replay_buffer.tmp.pkl", work / "replay_buffer.pkl")
+        os.replace(work / "state.tmp.json", work / "state.json")
+
+    def episode_end(self, n: int) -> None:
+        self.episodes += 1
+        assert self.model.replay_buffer.size() == min(n, SAC_KWARGS["buffer_size"])
+        seconds = time.perf_counter() - self.t_start
+        if n >= self.next_eval:  # after the cut too: the way to the expert is logged
+            self.next_eval = (n // self.eval_every + 1) * self.eval_every
+            self._evaluate(n, seconds)
+        if n >= self.next_ckpt:
+            self.next_ckpt = (n // self.ckpt_every + 1) * self.ckpt_every
+            self.checkpoint(n, seconds)
+        if n >= self.target:
+            self.checkpoint(n, seconds)
+            self.stop = True
+
+    def _evaluate(self, n: int, seconds: float) -> None:
+        state, env_id = self.state, self.state["env_id"]
+        rets = evaluate_policy_returns(self.model, env_id, state["seed"], self.eval_episodes)
+        state["evals"].append({"step": n, "return_mean": float(rets.mean()),
+                               "return_std": float(rets.std()), "seconds": round(seconds, 1)})
+        rate = (n - self.start_steps) / max(seconds - self.t0_seconds, 1e-9)
+        _log(f"{env_id} step {n}: eval return {rets.mean():.1f} +- {rets.std():.1f} "
+             f"({self.episodes} episodes, {rate:.1f} steps/s this call)", self.log)
+        if state["medium"] is None and rets.mean() >= self.threshold:
+            self.model.save(self.work / "medium.zip")
+            np.savez_compressed(self.work / "medium_replay.npz",
+                                **_extract_buffer(self.model, n), n_episodes=self.episodes)
+            state["medium"] = {"step": n, "episodes": self.episodes,
+                               "eval_return_mean": float(rets.mean()),
+                               "eval_return_std": float(rets.std()),
+                               "eval_returns": [round(float(r), 2) for r in rets],
+                               "seconds": round(seconds, 1)}
+            _log(f"MEDIUM CUT at step {n}: eval return {rets.mean():.1f} >= "
+                 f"{self.threshold:.1f}", self.log)
+            self.checkpoint(n, seconds)
+            self.stop = self.until == "medium"
+
+
+def _sac_hook(BaseCallback, run: _SacRun, bar):
+    """SB3's callback for `run` (BaseCallback passed in: stable-baselines3 is optional)."""
+
+    class Hook(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.episode_ended = False
+
+        # SB3 calls on_step before it stores the step in the replay buffer and on_rollout_end
+        # after (train_freq 1: one step per rollout), so the bookkeeping is done at rollout end.
+        def _on_step(self) -> bool:
+            if run.stop:
+                return False
+            if bar is not None:
+                bar.update(1)
+            self.episode_ended = bool(self.locals["dones"][0])
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if self.episode_ended:
+                self.episode_ended = False
+                run.episode_end(self.num_timesteps)
+
+    return Hook()
 
 
 # ---- stage 3: datasets ---------------------------------------------------------------------
@@ -422,15 +463,22 @@ def _finish_minari(collector, env_id: str, dataset_id: str, metadata: dict):
     return ds
 
 
+def algorithm_name(sb3_version: str | None = None) -> str:
+    return f"SAC (stable-baselines3{' ' + sb3_version if sb3_version else ''}), `dmm datasets make`"
+
+
+def description(env_id: str, metadata: dict) -> str:
+    return (f"{env_id} {metadata['kind']} data made the D4RL way by `dmm datasets make` (recipe "
+            f"{metadata.get('recipe_version', RECIPE_VERSION)}); D4RL's reference returns for "
+            "normalization. " + json.dumps(metadata["behaviour"]))
+
+
 def _create(collector, env_id, dataset_id, metadata, lo, hi, stable_baselines3):
     return collector.create_dataset(
         dataset_id=dataset_id, eval_env=env_id,
-        algorithm_name=f"SAC (stable-baselines3 {stable_baselines3.__version__}), `dmm datasets make`",
+        algorithm_name=algorithm_name(stable_baselines3.__version__),
         author="decision-metamamba", code_permalink="dmm/data/generate.py",
-        ref_min_score=lo, ref_max_score=hi,
-        description=(f"{env_id} {metadata['kind']} data made the D4RL way by `dmm datasets make` "
-                     f"(recipe {RECIPE_VERSION}); D4RL's reference returns for normalization. "
-                     + json.dumps(metadata["behaviour"])),
+        ref_min_score=lo, ref_max_score=hi, description=description(env_id, metadata),
         requirements=[f"gymnasium[mujoco]=={gym.__version__}"])
 
 
@@ -518,10 +566,7 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     kinds = list(kinds) if kinds else (list(KINDS) if until == "expert" else
                                        ["random", "medium", "medium-replay"])
     check_can_make(env_id, kinds)
-    from stable_baselines3 import SAC
-
     torch.set_num_threads(1)
-    task = task_of(env_id)
     work = Path(work) if work is not None else work_root() / f"{env_id}-seed{seed}"
     dd, md = default_out_dirs()
     d4rl_dir = (Path(d4rl_dir) if d4rl_dir is not None else dd).resolve()
@@ -530,31 +575,19 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
     work.mkdir(parents=True, exist_ok=True)
     if any(k in ("expert", "medium-expert") for k in kinds):
         until = "expert"
-    t0 = time.perf_counter()
-    if kinds == ["random"]:  # needs no SAC: the state is whatever the work folder holds
-        state = (json.loads((work / "state.json").read_text()) if (work / "state.json").exists()
-                 else {"medium_threshold": medium_threshold(env_id), "medium": None,
-                       "expert": None, "timesteps": 0})
-    else:
-        state = train_sac(env_id, work, seed, until=until, progress=progress, log=log,
-                          **(train_kwargs or {}))
-        _log(f"SAC stage done in {time.perf_counter() - t0:.0f} s this call "
-             f"({state['train_seconds']:.0f} s of SAC in all, {state['timesteps']} steps)", log)
-    lo, hi = REFERENCE_RETURNS[task]
+    state = _sac_stage(env_id, work, seed, until, kinds, progress, log, train_kwargs)
+    lo, hi = REFERENCE_RETURNS[task_of(env_id)]
     done_path = work / "datasets.json"
     done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    base_meta = {"env_id": env_id, "seed": seed, "recipe_version": RECIPE_VERSION,
-                 "sac": SAC_KWARGS | {"policy_kwargs": str(SAC_KWARGS["policy_kwargs"])},
-                 "medium_threshold": state["medium_threshold"],
-                 "medium_cut": state["medium"], "expert": state.get("expert"),
-                 "reference_returns": [lo, hi]}
-    arrays_of: dict = {}
+    job = _DatasetJob(env_id, seed, steps, work, d4rl_dir, state, progress, next_observations,
+                      {"env_id": env_id, "seed": seed, "recipe_version": RECIPE_VERSION,
+                       "sac": SAC_KWARGS | {"policy_kwargs": str(SAC_KWARGS["policy_kwargs"])},
+                       "medium_threshold": state["medium_threshold"],
+                       "medium_cut": state["medium"], "expert": state.get("expert"),
+                       "reference_returns": [lo, hi]})
     results = {}
-    env_space = gym.make(env_id).action_space
-    rng_streams = {"random": 10, "medium": 11, "expert": 12}
     for kind in kinds:
-        h5 = d4rl_dir / hdf5_name(env_id, kind)
-        mid = minari_id(env_id, kind)
+        h5, mid = d4rl_dir / hdf5_name(env_id, kind), minari_id(env_id, kind)
         key = f"{kind}|{h5}|{minari_dir / mid}"
         if not force and key in done and h5.exists() and (minari_dir / mid).exists():
             results[kind] = done[key]
@@ -562,63 +595,111 @@ def make_datasets(env_id: str, seed: int = 0, until: str = "medium", kinds=None,
             continue
         t1 = time.perf_counter()
         with _MinariStore(minari_dir):
-            if kind in ("random", "medium", "expert"):
-                if kind == "random":
-                    rng = np.random.default_rng(np.random.SeedSequence([seed, rng_streams[kind]]))
-                    low, high = env_space.low, env_space.high
-                    policy = lambda obs: rng.uniform(low, high).astype(np.float32)  # noqa: E731
-                    behaviour = "uniform random actions"
-                else:
-                    model = SAC.load(work / f"{kind}.zip", device="cpu")
-                    model.set_random_seed(seed + rng_streams[kind])
-                    policy = _policy_fn(model)
-                    behaviour = f"SAC policy at the {kind} checkpoint, stochastic actions"
-                out = rollout_dataset(env_id, policy, steps, seed, rng_streams[kind], mid,
-                                      progress=progress, desc=f"{env_id} {kind}")
-                arrays, collector = out["arrays"], out["collector"]
-            elif kind == "medium-replay":
-                with np.load(work / "medium_replay.npz") as z:
-                    arrays = {k: z[k] for k in ("observations", "next_observations", "actions",
-                                                "rewards", "terminals", "timeouts")}
-                collector, worst = replay_dataset(env_id, arrays, seed, mid, progress=progress)
-                behaviour = (f"every transition of SAC training up to the medium cut "
-                             f"(step {state['medium']['step']}); replay max deviation {worst:.2g}")
-            else:  # medium-expert: medium and expert concatenated, as in D4RL
-                import minari
-                parts = []
-                for sub in ("medium", "expert"):
-                    if sub not in arrays_of:
-                        arrays_of[sub] = _read_hdf5_arrays(d4rl_dir / hdf5_name(env_id, sub))
-                    parts.append(arrays_of[sub])
-                arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k in parts[1]}
-                if mid in minari.list_local_datasets():
-                    minari.delete_dataset(mid)
-                ds = minari.combine_datasets([minari.load_dataset(minari_id(env_id, "medium")),
-                                              minari.load_dataset(minari_id(env_id, "expert"))], mid)
-                collector = None
-                behaviour = "the medium and expert datasets concatenated"
-            summary = _summary(arrays, env_id)
-            meta = dict(base_meta, kind=kind, behaviour={"policy": behaviour, **summary},
-                        minari_id=mid, hdf5=h5.name,
-                        generation_seconds=round(time.perf_counter() - t1, 1),
-                        sac_steps=(state["medium"]["step"] if kind in ("medium", "medium-replay")
-                                   else state["timesteps"] if kind == "expert" else 0))
-            if collector is not None:
-                ds = _finish_minari(collector, env_id, mid, meta)
-            else:
-                ds.storage.update_metadata({"ref_min_score": lo, "ref_max_score": hi,
-                                            "dmm_metadata": json.dumps(meta)})
-            write_hdf5(h5, arrays, meta, next_observations=next_observations)
-        arrays_of[kind] = arrays
+            meta, summary = job.write(kind, h5, mid)
         meta["generation_seconds"] = round(time.perf_counter() - t1, 1)
-        results[kind] = meta
-        done[key] = meta
+        results[kind] = done[key] = meta
         _atomic_json(done_path, done)
         _log(f"{kind}: {summary['episodes']} episodes, {summary['steps']} steps, return "
              f"{summary['return_mean']:.1f} +- {summary['return_std']:.1f} (normalized "
              f"{summary['normalized_mean']:.1f}) in {meta['generation_seconds']:.0f} s -> {h5}, "
              f"minari:{mid} in {minari_dir}", log)
     return results
+
+
+def _sac_stage(env_id, work: Path, seed: int, until: str, kinds, progress, log, train_kwargs):
+    """state.json after SAC trained as far as `until` (random alone needs no SAC)."""
+    if kinds == ["random"]:  # the state is whatever the work folder holds
+        return (json.loads((work / "state.json").read_text()) if (work / "state.json").exists()
+                else {"medium_threshold": medium_threshold(env_id), "medium": None,
+                      "expert": None, "timesteps": 0})
+    t0 = time.perf_counter()
+    state = train_sac(env_id, work, seed, until=until, progress=progress, log=log,
+                      **(train_kwargs or {}))
+    _log(f"SAC stage done in {time.perf_counter() - t0:.0f} s this call "
+         f"({state['train_seconds']:.0f} s of SAC in all, {state['timesteps']} steps)", log)
+    return state
+
+
+class _DatasetJob:
+    """Writes one dataset kind of a make_datasets call: its steps (rollout, replay or the
+    medium + expert concatenation) as a Minari dataset (in the current _MinariStore) and an
+    HDF5 file."""
+
+    def __init__(self, env_id, seed, steps, work, d4rl_dir, state, progress, next_observations,
+                 base_meta):
+        self.env_id, self.seed, self.steps, self.work = env_id, seed, steps, work
+        self.d4rl_dir, self.state, self.progress = d4rl_dir, state, progress
+        self.next_observations, self.base_meta = next_observations, base_meta
+        self.arrays_of: dict = {}  # kind -> arrays written in this call (medium-expert reuses)
+        self.action_space = gym.make(env_id).action_space
+
+    def write(self, kind: str, h5: Path, mid: str) -> tuple[dict, dict]:
+        """-> (metadata, summary) of the dataset written."""
+        t1 = time.perf_counter()
+        arrays, collector, ds, behaviour = self._steps(kind, mid)
+        summary = _summary(arrays, self.env_id)
+        state = self.state
+        meta = dict(self.base_meta, kind=kind, behaviour={"policy": behaviour, **summary},
+                    minari_id=mid, hdf5=h5.name,
+                    generation_seconds=round(time.perf_counter() - t1, 1),
+                    sac_steps=(state["medium"]["step"] if kind in ("medium", "medium-replay")
+                               else state["timesteps"] if kind == "expert" else 0))
+        if collector is not None:
+            _finish_minari(collector, self.env_id, mid, meta)
+        else:
+            lo, hi = self.base_meta["reference_returns"]
+            ds.storage.update_metadata({"ref_min_score": lo, "ref_max_score": hi,
+                                        "dmm_metadata": json.dumps(meta)})
+        write_hdf5(h5, arrays, meta, next_observations=self.next_observations)
+        self.arrays_of[kind] = arrays
+        return meta, summary
+
+    def _steps(self, kind: str, mid: str):
+        """(arrays, DataCollector or None, combined Minari dataset or None, behaviour)."""
+        env_id, seed = self.env_id, self.seed
+        if kind in ("random", "medium", "expert"):
+            policy, behaviour = self._policy(kind)
+            out = rollout_dataset(env_id, policy, self.steps, seed, RESET_STREAMS[kind], mid,
+                                  progress=self.progress, desc=f"{env_id} {kind}")
+            return out["arrays"], out["collector"], None, behaviour
+        if kind == "medium-replay":
+            with np.load(self.work / "medium_replay.npz") as z:
+                arrays = {k: z[k] for k in ("observations", "next_observations", "actions",
+                                            "rewards", "terminals", "timeouts")}
+            collector, worst = replay_dataset(env_id, arrays, seed, mid, progress=self.progress)
+            return arrays, collector, None, (
+                f"every transition of SAC training up to the medium cut (step "
+                f"{self.state['medium']['step']}); replay max deviation {worst:.2g}")
+        return self._medium_expert(mid)
+
+    def _policy(self, kind: str):
+        """(obs -> action, its description) of a rollout kind."""
+        if kind == "random":
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, RESET_STREAMS[kind]]))
+            low, high = self.action_space.low, self.action_space.high
+            return (lambda obs: rng.uniform(low, high).astype(np.float32),
+                    "uniform random actions")
+        from stable_baselines3 import SAC
+
+        model = SAC.load(self.work / f"{kind}.zip", device="cpu")
+        model.set_random_seed(self.seed + RESET_STREAMS[kind])
+        return _policy_fn(model), f"SAC policy at the {kind} checkpoint, stochastic actions"
+
+    def _medium_expert(self, mid: str):
+        """medium and expert concatenated, as in D4RL."""
+        import minari
+
+        parts = []
+        for sub in ("medium", "expert"):
+            if sub not in self.arrays_of:
+                self.arrays_of[sub] = _read_hdf5_arrays(self.d4rl_dir / hdf5_name(self.env_id, sub))
+            parts.append(self.arrays_of[sub])
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k in parts[1]}
+        if mid in minari.list_local_datasets():
+            minari.delete_dataset(mid)
+        ds = minari.combine_datasets([minari.load_dataset(minari_id(self.env_id, "medium")),
+                                      minari.load_dataset(minari_id(self.env_id, "expert"))], mid)
+        return arrays, None, ds, "the medium and expert datasets concatenated"
 
 
 def _read_hdf5_arrays(path: Path) -> dict:
@@ -632,44 +713,22 @@ def _read_hdf5_arrays(path: Path) -> dict:
 
 # ---- shipping ----------------------------------------------------------------------------------
 
-def minari_tarball_name(env_id: str, kind: str) -> str:
-    return f"{task_of(env_id)}-{kind}-dmm-{DATASET_VERSION}-minari.tar.xz"
-
-
 def pack(env_id: str, out: Path, kinds) -> dict:
-    """<out>/<task>-<kind>-dmm-v0-minari.tar.xz (the Minari dataset folder with its namespace
-    files, paths relative to the store; fixed mtimes and owners) for each kind, and
-    <out>/MANIFEST.json: file names, sha256, episode and step counts, returns. Minari's HDF5
-    files keep much unused chunk space that xz removes (6x smaller)."""
+    """<out>/MANIFEST.json for the HDF5 files <out>/d4rl/<task>-<kind>-dmm-v0.hdf5 of `kinds`
+    (merged into an existing one): file names, sha256, episode and step counts, returns. What
+    `dmm datasets install` reads; it makes the Minari datasets from the HDF5 files, so a shipped
+    folder holds each dataset once (the Minari copies in <out>/minari are not shipped)."""
 
     out = Path(out)
-    store = out / "minari"
     manifest_path = out / "MANIFEST.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     task = task_of(env_id)
-
-    def clean(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-        ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = 0, 0, 0, "", ""
-        return ti
-
     for kind in kinds:
-        mid = minari_id(env_id, kind)
-        tgz = out / minari_tarball_name(env_id, kind)
-        tmp = tgz.with_name(tgz.name + ".tmp")
-        with tarfile.open(tmp, "w:xz", preset=9) as tar:
-            for ns in (f"{MINARI_NAMESPACE}/namespace_metadata.json",
-                       f"{MINARI_NAMESPACE}/{task}/namespace_metadata.json"):
-                if (store / ns).exists():
-                    tar.add(store / ns, arcname=ns, filter=clean)
-            for f in sorted((store / mid).rglob("*")):
-                tar.add(f, arcname=str(f.relative_to(store)), filter=clean, recursive=False)
-        os.replace(tmp, tgz)
         h5 = out / "d4rl" / hdf5_name(env_id, kind)
-        with __import__("h5py").File(h5, "r") as f:
+        with h5py.File(h5, "r") as f:
             meta = json.loads(f.attrs["dmm_metadata"])
         manifest[f"{task}-{kind}"] = {
-            "minari_id": mid, "minari_tarball": tgz.name, "minari_sha256": sha256(tgz),
-            "minari_tarball_bytes": tgz.stat().st_size,
+            "minari_id": minari_id(env_id, kind),
             "hdf5": f"d4rl/{h5.name}", "hdf5_sha256": sha256(h5), "hdf5_bytes": h5.stat().st_size,
             "episodes": meta["behaviour"]["episodes"], "steps": meta["behaviour"]["steps"],
             "return_mean": meta["behaviour"]["return_mean"],

@@ -16,7 +16,7 @@ from dmm.optional import import_optional
 
 from .d4rl import TASKS
 from .dataset import TrajectoryDataset
-from .install import interrupted_install, repair_hint
+from .staging import interrupted_install, repair_hint
 from .scores import REFERENCE_RETURNS, task_family
 
 

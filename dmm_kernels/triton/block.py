@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from dmm_kernels import mixers
 from dmm_kernels.triton import mix
 from dmm_kernels.triton.common import sigmoid, silu, softplus
 from dmm_kernels.triton.scan import scan_fwd
@@ -56,10 +57,6 @@ def ln_mix_ln_kernel(h_ptr, n1w, n1b, m1w, m1b, n2w, n2b, h1_ptr, v_ptr, L, D, W
     tl.store(v_ptr + row * D + d, _layer_norm(h1, mask, n2w, n2b, d, D, eps, ACT, ACC), mask=mask)
 
 
-def _split(mixer):
-    return mixer.removeprefix("double-"), mixer.startswith("double-")
-
-
 def _cast(params, cdt, A=None):
     """Matrices in h's dtype; A (given, else -exp(A_log)), D and dt_proj_bias in the state dtype
     (no copies for tensors already so)."""
@@ -78,7 +75,7 @@ def _acc(cdt):
 def block_fwd(h, params, mixer, n_modalities, residual_ssm, eps):
     """-> (out, saved): saved the activations metamamba_block_bwd reads (h1, v, xz, xm, xs,
     x_dbl, y; xm numel 0 for single mixers), as csrc/block/params.h lists them."""
-    kind, double = _split(mixer)
+    _, kind, double, _ = mixers.parse(mixer)
     cdt = h.dtype
     (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out) = _cast(params, cdt)
     h = h.contiguous()
@@ -325,7 +322,7 @@ def step(h_t, mixer1_cache, mixer2_cache, ssm_state, params, A, mixer, n_modalit
          eps, position):
     """One token: h_t (batch, D) -> (batch, D); the caches and ssm_state are updated in place.
     A = -exp(A_log) (E, N) in the state dtype, made once per parameter version by the caller."""
-    kind, double = _split(mixer)
+    _, kind, double, _ = mixers.parse(mixer)
     cdt = h_t.dtype
     (n1w, n1b, m1w, m1b, n2w, n2b, w_in, m2w, m2b, w_x, w_dt, dt_bias, A, Dskip, w_out) = _cast(
         params, cdt, A)

@@ -1,23 +1,19 @@
 """Fused CUDA block against its own composite (DMM_CUDA_BLOCK_UNFUSED=1 in a second process):
 median CUDA-event times of the block op (fwd, fwd+bwd) and the step op (eager and CUDA-graph
 replay), launches per call, peak memory of one forward. Writes a JSON list of rows.
-    python tools/gpu/bench_block.py OUT.json [--device cuda] [--quick]
+    python -m tools.gpu.bench_block OUT.json [--device cuda] [--quick]
 """
 import argparse
 import itertools
 import json
-import os
-import sys
 
 import torch
 
 import dmm_kernels
+from benchmarks import timing
+from benchmarks.scan_speed import kernel_launches
 from dmm_kernels import reference as ref
 from dmm_kernels.params import SCAN_PARAMS  # fp32 in low-precision blocks, as ops.py keeps them
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "benchmarks"))
-import timing  # noqa: E402  (benchmarks/timing.py)
-from scan_speed import kernel_launches  # noqa: E402
 
 SHAPES = {"paper": (64, 24, 128), "rl-large": (256, 60, 256)}  # (B, L, D); docs/ARCHITECTURE.md, "Benchmark shapes"
 MIXERS = ("conv", "line", "double-conv")

@@ -4,7 +4,7 @@ mamba-ssm's setup.py compiles every arch from sm_75 to sm_121 whatever TORCH_CUD
 (9 heavy .cu files x 8 archs: far past a device lease); this unpacks the sdist, keeps only the
 -gencode pair of the requested arch and builds the extension in place. Afterwards put DEST/SRC on
 PYTHONPATH: it holds both `selective_scan_cuda` and the `mamba_ssm` package.
-    python tools/gpu/build_mamba.py SDIST DEST [--arch 90]
+    python -m tools.gpu.build_mamba SDIST DEST [--arch 90]
 """
 import argparse
 import os

@@ -3,7 +3,7 @@
 Shapes end mid-tile and mid-chunk (L = 13, 7, 130), D is not a multiple of 32, N = 32 and 64
 (more states per lane), one modality, W = 1, float32 / bfloat16 / float64; forward, backward and
 step of the block, and the selective_scan and modal_mix ops on their own.
-    python tools/gpu/sanitize_driver.py [--device cuda]
+    python -m tools.gpu.sanitize_driver [--device cuda]
 """
 import argparse
 

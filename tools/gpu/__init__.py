@@ -1,0 +1,1 @@
+"""The device run's Python steps (tools/gpu_check.sh calls them as `python -m tools.gpu.NAME`)."""
