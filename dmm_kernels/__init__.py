@@ -27,6 +27,7 @@ from dmm_kernels.ops import (
     metamamba_block,
     metamamba_prefill,
     metamamba_step,
+    metamamba_steps,
     modal_mix,
     selective_scan,
 )
@@ -41,5 +42,6 @@ if not EXTENSION_LOADED and not FORCE_REFERENCE and BACKEND_ERROR is None:  # el
 __all__ = [
     "BlockParams", "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend",
     "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix",
-    "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
+    "metamamba_block", "metamamba_prefill", "metamamba_step", "metamamba_steps",
+    "allocate_step_cache",
 ]
