@@ -28,6 +28,7 @@ from dmm_kernels.ops import (
     metamamba_prefill,
     metamamba_step,
     metamamba_steps,
+    metamamba_steps_fn,
     modal_mix,
     selective_scan,
 )
@@ -43,5 +44,5 @@ __all__ = [
     "BlockParams", "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend",
     "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix",
     "metamamba_block", "metamamba_prefill", "metamamba_step", "metamamba_steps",
-    "allocate_step_cache",
+    "metamamba_steps_fn", "allocate_step_cache",
 ]

@@ -226,6 +226,30 @@ def _steps_lists(caches, params, dtype):
     return (mixer1, mixer2, states, *per_param, [_scan_A(p.A_log, dtype) for p in params])
 
 
+def metamamba_steps_fn(caches, params, mixer="conv", n_modalities=3, residual_ssm=False,
+                       eps=1e-5, dtype=torch.float32):
+    """metamamba_steps for fixed caches and parameters, its arguments assembled once: returns
+    step(h_t, position) -> (batch, D) for h_t of `dtype`. The parameters are read at each call
+    (in-place changes are seen), but A = -exp(A_log) is made here: build a new one after A_log
+    changes. For a loop over tokens, where assembling the arguments costs more than the op."""
+    params = [BlockParams.of(p) for p in params]
+    if len(caches) != len(params) or not params:
+        raise ValueError(f"metamamba_steps: need one cache per layer and at least one layer; got "
+                         f"{len(caches)} caches for {len(params)} parameter sets")
+    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    device = caches[0]["ssm_state"].device
+    if not _extension.uses_ops(device):
+        def step(h_t, position):
+            for cache, p in zip(caches, params):
+                h_t = metamamba_step(h_t, cache, p, mixer, n_modalities, residual_ssm, eps,
+                                     position)
+            return h_t
+        return step
+    lists = _steps_lists(caches, params, dtype)
+    op = torch.ops.dmm.metamamba_steps.default
+    return lambda h_t, position: op(h_t, *lists, mixer, n_modalities, residual_ssm, eps, position)
+
+
 def metamamba_steps(h_t, caches, params, mixer="conv", n_modalities=3, residual_ssm=False,
                     eps=1e-5, position=0):
     """One token through a stack of blocks (a model's layers, in order), in one call.
@@ -236,17 +260,8 @@ def metamamba_steps(h_t, caches, params, mixer="conv", n_modalities=3, residual_
     after layer; with the compiled ops it is one torch.ops.dmm.metamamba_steps call (no Python
     between the layers; on CPU one fused kernel over all of them).
     """
-    params = [BlockParams.of(p) for p in params]
-    if len(caches) != len(params) or not params:
-        raise ValueError(f"metamamba_steps: need one cache per layer and at least one layer; got "
-                         f"{len(caches)} caches for {len(params)} parameter sets")
-    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
-    if not _extension.uses_ops(h_t.device):
-        for cache, p in zip(caches, params):
-            h_t = metamamba_step(h_t, cache, p, mixer, n_modalities, residual_ssm, eps, position)
-        return h_t
-    return torch.ops.dmm.metamamba_steps(h_t, *_steps_lists(caches, params, h_t.dtype), mixer,
-                                         n_modalities, residual_ssm, eps, position)
+    return metamamba_steps_fn(caches, params, mixer, n_modalities, residual_ssm, eps,
+                              h_t.dtype)(h_t, position)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -274,3 +274,30 @@ def test_steps_python_wrapper_checks_layer_count():
     with pytest.raises(ValueError, match=r"metamamba_steps: need one cache per layer and at least "
                                          r"one layer; got 1 caches for 2 parameter sets"):
         dmm_kernels.metamamba_steps(h[:, 0], caches[:1], params, "conv")
+
+
+# ---- the model's recurrent policy ---------------------------------------------------------------
+@pytest.mark.parametrize("mixer,faithful", [("conv", False), ("line", True), ("double-line", False)])
+def test_recurrent_policy_fused_equals_per_block_after_parameter_change(mixer, faithful):
+    # RecurrentPolicy runs all layers in one metamamba_steps call with arguments assembled once;
+    # an in-place parameter change (A_log feeds the derived A; faithful "line" derives its mixer
+    # weight) must reach it as it reaches the per-block step().
+    from dmm import DecisionMetaMamba
+    torch.manual_seed(0)
+    model = DecisionMetaMamba(5, 3, d_model=16, n_layers=3, context_len=4, window=3, dropout=0.0,
+                              mixer=mixer, faithful=faithful).double().eval()
+    fused, per_block = model.recurrent_policy(2), model.recurrent_policy(2)
+    assert fused._config is not None
+    per_block._config = None
+    g = torch.Generator().manual_seed(1)
+    for t in range(6):
+        if t == 3:
+            with torch.no_grad():
+                model.blocks[1].A_log.add_(0.3)
+                model.blocks[2].mixer1.weight.mul_(1.5)
+        s = torch.randn(2, 5, generator=g, dtype=torch.float64)
+        rtg = torch.randn(2, 1, generator=g, dtype=torch.float64)
+        a = torch.rand(2, 3, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(fused.act(s, rtg), per_block.act(s, rtg), rtol=1e-12, atol=1e-12)
+        fused.observe_action(a)
+        per_block.observe_action(a)
