@@ -6,6 +6,8 @@ One action is three tokens (R_t, s_t, a_t) through every layer. Rows per model:
                                 each): the op's CPU path before the fused kernel
   blocks, per-block fused       3 x n_layers metamamba_step calls on the fused CPU kernel
   blocks, metamamba_steps       3 metamamba_steps calls (all layers in one fused call)
+  blocks, metamamba_steps, C++  the same calls made from C++ (--cpp: builds
+                                benchmarks/step_latency_cpp.cpp; no Python argument parsing)
   policy, per-block composite   RecurrentPolicy.act + observe_action, one step() per layer, the op
                                 on the composite (the eager recurrent step before)
   policy, metamamba_steps       RecurrentPolicy.act + observe_action as it runs now
@@ -14,7 +16,7 @@ The blocks rows call the ops with prebuilt arguments (the op cost from Python); 
 include the embeddings, the head and the Python around them. Untrained models (the latency does
 not depend on the weights). Median over --actions actions after a warm-up.
 
-    python benchmarks/step_latency.py [--actions 2000] [--threads 1]
+    python benchmarks/step_latency.py [--actions 2000] [--threads 1] [--cpp]
 """
 from __future__ import annotations
 
@@ -95,6 +97,17 @@ def steps_calls(model):
     return action
 
 
+def steps_cpp_us(ext, model, actions: int) -> float:
+    """Median us per action of metamamba_steps called from C++ (step_latency_cpp.cpp)."""
+    policy = model.recurrent_policy(1)
+    params = [blk.block_params() for blk in model.blocks]
+    mixer1, mixer2, states, *per_param, A = _steps_lists(policy.caches, params, torch.float32)
+    cfg = model.blocks[0].kernel_config()
+    return ext.steps_median_us(torch.randn(1, model.d_model), mixer1, mixer2, states, per_param, A,
+                               cfg["mixer"], cfg["n_modalities"], cfg["residual_ssm"], cfg["eps"],
+                               actions, 50)
+
+
 def policy_calls(model, per_block_composite: bool):
     """One action of RecurrentPolicy: act + observe_action."""
     policy = model.recurrent_policy(1)
@@ -131,6 +144,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--actions", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cpp", action="store_true",
+                   help="also time metamamba_steps called from C++ (compiles a small extension)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_latency.csv"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,6 +154,11 @@ def main():
                          "(pip install -e .)")
     print(f"CPU, batch 1, {torch.get_num_threads()} thread(s), median of {args.actions} actions "
           f"(us per action = 3 tokens through all layers)")
+    ext = None
+    if args.cpp:
+        from torch.utils.cpp_extension import load
+        ext = load("dmm_step_latency_cpp", [str(Path(__file__).with_name("step_latency_cpp.cpp"))],
+                   extra_cflags=["-O2"])
     rows = []
     with torch.no_grad():
         for label, kw in MODELS:
@@ -148,6 +168,8 @@ def main():
             cases = [("blocks, per-block composite (before)", before),
                      ("blocks, per-block fused", median_us(block_calls(model, False), args.actions)),
                      ("blocks, metamamba_steps", median_us(steps_calls(model), args.actions))]
+            if ext is not None:
+                cases.append(("blocks, metamamba_steps, C++", steps_cpp_us(ext, model, args.actions)))
             with composite_step_op():
                 policy_before = median_us(policy_calls(model, True), args.actions)
             cases += [("policy, per-block composite (before)", policy_before),
