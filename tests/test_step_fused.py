@@ -301,3 +301,20 @@ def test_recurrent_policy_fused_equals_per_block_after_parameter_change(mixer, f
         torch.testing.assert_close(fused.act(s, rtg), per_block.act(s, rtg), rtol=1e-12, atol=1e-12)
         fused.observe_action(a)
         per_block.observe_action(a)
+
+
+def test_large_batch_over_threads_equals_reference_fp64():
+    # Enough rows that the kernel splits the batch over threads (thread-local scratch per task).
+    mixer, threads = "double-conv", torch.get_num_threads()
+    h, params = make_stack(mixer, layers=2, d_model=64, d_state=16, window=6)
+    h = torch.randn(64, 4, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    caches = caches_for(params, mixer, 64, h.dtype)
+    ref_caches = clone_caches(caches)
+    torch.set_num_threads(2)
+    try:
+        for t in range(h.shape[1]):
+            out = dmm_kernels.metamamba_steps(h[:, t], caches, params, mixer, position=t)
+            expected, ref_caches = ref_steps(h[:, t], ref_caches, params, mixer, 3, False, t)
+            torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_num_threads(threads)
