@@ -65,6 +65,14 @@ TORCH_LIBRARY(dmm, m) {
         "Tensor(c!) ssm_state, " DMM_BLOCK_PARAMS_SCHEMA
         "Tensor A, str mixer, int n_modalities, bool residual_ssm, float eps, int position) -> "
         "Tensor");
+  // One token through a stack of blocks, layer after layer (a model's recurrent step in one call):
+  // every cache and parameter argument is a list with one entry per layer, in layer order
+  // (mixer2_cache: [] for single mixers; the Tensor?[] lists hold None for an absent parameter).
+  // All layers share mixer, n_modalities, residual_ssm, eps and position. h_t: (B, D) -> (B, D).
+  m.def("metamamba_steps(Tensor h_t, Tensor(a!)[] mixer1_cache, Tensor(b!)[] mixer2_cache, "
+        "Tensor(c!)[] ssm_state, " DMM_BLOCK_PARAM_LISTS_SCHEMA
+        "Tensor[] A, str mixer, int n_modalities, bool residual_ssm, float eps, int position) -> "
+        "Tensor");
 
   // ---- argument checks alone: no computation, any device (meta too). Backends written outside
   // C++ (dmm_kernels/triton) validate through these, so every backend raises the same errors.

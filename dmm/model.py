@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import dmm_kernels
 from dmm.nn import PRESETS, make_block
 from dmm_kernels import mixers
 from dmm.tokens import N_TOKEN_TYPES, PAD_ACTION, left_pad_window
@@ -135,6 +136,14 @@ class RecurrentPolicy:
     def __init__(self, model: DecisionMetaMamba, batch: int, dtype=None):
         self.model, self.batch = model, batch
         self.caches = [blk.allocate_inference_cache(batch, dtype=dtype) for blk in model.blocks]
+        # All layers in one metamamba_steps call per token when they all run the block op with
+        # one configuration (not mixer "none"), else one step() per layer. Its arguments are
+        # assembled again when a block parameter changed (A = -exp(A_log) is derived from one).
+        configs = {tuple(blk.kernel_config().items()) if blk.mixer != mixers.NO_MIXER else None
+                   for blk in model.blocks}
+        self._config = dict(next(iter(configs))) if len(configs) == 1 and None not in configs else None
+        self._params = list(model.blocks.parameters())
+        self._steps, self._stamp = None, None
         self.t = 0
         self._pending_timesteps = None
         self._awaiting_action = False
@@ -155,8 +164,19 @@ class RecurrentPolicy:
 
     def _feed(self, token: torch.Tensor, position: int) -> torch.Tensor:
         h = self.model.drop(self.model.embed_ln(token))                  # (B, D)
-        for blk, cache in zip(self.model.blocks, self.caches):
-            h = blk.step(h, cache, position)
+        if self._config is None:
+            for blk, cache in zip(self.model.blocks, self.caches):
+                h = blk.step(h, cache, position)
+            return h
+        stamp = [p._version for p in self._params]
+        if stamp != self._stamp:
+            self._steps = dmm_kernels.metamamba_steps_fn(
+                self.caches, [b.block_params() for b in self.model.blocks], dtype=h.dtype,
+                **self._config)
+            self._stamp = stamp
+        h = self._steps(h, position)
+        for cache in self.caches:
+            cache["position"] = position + 1
         return h
 
     @torch.no_grad()

@@ -27,6 +27,8 @@ from dmm_kernels.ops import (
     metamamba_block,
     metamamba_prefill,
     metamamba_step,
+    metamamba_steps,
+    metamamba_steps_fn,
     modal_mix,
     selective_scan,
 )
@@ -41,5 +43,6 @@ if not EXTENSION_LOADED and not REFERENCE_FORCED and BACKEND_ERROR is None:  # e
 __all__ = [
     "BlockParams", "HAS_EXTENSION", "BACKEND", "BACKEND_ERROR", "BackendError", "check_backend",
     "EXTENSION_LOADED", "EXTENSION_ERROR", "BUILD_INFO", "selective_scan", "modal_mix",
-    "metamamba_block", "metamamba_prefill", "metamamba_step", "allocate_step_cache",
+    "metamamba_block", "metamamba_prefill", "metamamba_step", "metamamba_steps",
+    "metamamba_steps_fn", "allocate_step_cache",
 ]

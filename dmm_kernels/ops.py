@@ -216,6 +216,54 @@ def metamamba_step(h_t, cache, params, mixer="conv", n_modalities=3, residual_ss
         _scan_A(params.A_log, h_t.dtype), mixer, n_modalities, residual_ssm, eps, position)
 
 
+def _steps_lists(caches, params, dtype):
+    """metamamba_steps' list arguments: the caches', every parameter's (one entry per layer) and
+    each layer's A = -exp(A_log) (made once per parameter version)."""
+    mixer1 = [c["mixer1_cache"] for c in caches]
+    mixer2 = [c["mixer2_cache"] for c in caches if c.get("mixer2_cache") is not None]
+    states = [c["ssm_state"] for c in caches]
+    per_param = [list(column) for column in zip(*params)]                # 15 lists of n_layers
+    return (mixer1, mixer2, states, *per_param, [_scan_A(p.A_log, dtype) for p in params])
+
+
+def metamamba_steps_fn(caches, params, mixer="conv", n_modalities=3, residual_ssm=False,
+                       eps=1e-5, dtype=torch.float32):
+    """metamamba_steps for fixed caches and parameters, its arguments assembled once: returns
+    step(h_t, position) -> (batch, D) for h_t of `dtype`. The parameters are read at each call
+    (in-place changes are seen), but A = -exp(A_log) is made here: build a new one after A_log
+    changes. For a loop over tokens, where assembling the arguments costs more than the op."""
+    params = [BlockParams.of(p) for p in params]
+    if len(caches) != len(params) or not params:
+        raise ValueError(f"metamamba_steps: need one cache per layer and at least one layer; got "
+                         f"{len(caches)} caches for {len(params)} parameter sets")
+    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    device = caches[0]["ssm_state"].device
+    if not _extension.uses_ops(device):
+        def step(h_t, position):
+            for cache, p in zip(caches, params):
+                h_t = metamamba_step(h_t, cache, p, mixer, n_modalities, residual_ssm, eps,
+                                     position)
+            return h_t
+        return step
+    lists = _steps_lists(caches, params, dtype)
+    op = torch.ops.dmm.metamamba_steps.default
+    return lambda h_t, position: op(h_t, *lists, mixer, n_modalities, residual_ssm, eps, position)
+
+
+def metamamba_steps(h_t, caches, params, mixer="conv", n_modalities=3, residual_ssm=False,
+                    eps=1e-5, position=0):
+    """One token through a stack of blocks (a model's layers, in order), in one call.
+
+    caches[l] (from allocate_step_cache) and params[l] (a BlockParams or a mapping) are layer l's;
+    all layers share mixer, n_modalities, residual_ssm and eps; h_t: (batch, D) is token number
+    `position`. Every cache is updated in place; returns (batch, D). Equals metamamba_step layer
+    after layer; with the compiled ops it is one torch.ops.dmm.metamamba_steps call (no Python
+    between the layers; on CPU one fused kernel over all of them).
+    """
+    return metamamba_steps_fn(caches, params, mixer, n_modalities, residual_ssm, eps,
+                              h_t.dtype)(h_t, position)
+
+
 # ---------------------------------------------------------------------------------------------
 # Registration: fakes (shape propagation for torch.compile / meta) and autograd.
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +323,10 @@ def _register():
         return [_new_or_absent(t, h.device) for t in (h, *args[:_N_PARAMS])]
 
     @torch.library.register_fake(lib + "metamamba_step")
+    def _(h_t, *args):
+        return _new(h_t)
+
+    @torch.library.register_fake(lib + "metamamba_steps")
     def _(h_t, *args):
         return _new(h_t)
 

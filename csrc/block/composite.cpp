@@ -55,9 +55,10 @@ std::string shape_str(at::IntArrayRef s) {
   return os.str();
 }
 
-// `formula` spells the expected shape in symbols, e.g. "(2*E, D)".
+// `formula` spells the expected shape in symbols, e.g. "(2*E, D)". `expected` is an ArrayRef (no
+// allocation: the checks run on every step).
 void check_param(const char* op, const Tensor& t, const char* name, const char* formula,
-                 std::vector<int64_t> expected, const Tensor& h) {
+                 at::IntArrayRef expected, const Tensor& h) {
   TORCH_CHECK(t.defined(), op, ": ", name, " is required; expected shape ", formula, " = ",
               shape_str(expected));
   TORCH_CHECK(t.sizes() == at::IntArrayRef(expected), op, ": ", name, " must be ", formula,
@@ -210,8 +211,8 @@ void check_saved(const char* op, const Tensor& h, const BlockSaved& s, const Blo
                  const MixerSpec& spec) {
   const int64_t B = h.size(0), L = h.size(1), E = d.E, P = d.R + 2 * d.N;
   auto check = [&](const Tensor& x, const char* name, const char* formula,
-                   std::vector<int64_t> expected) {
-    check_param(op, x, name, formula, std::move(expected), h);
+                   at::IntArrayRef expected) {
+    check_param(op, x, name, formula, expected, h);
     TORCH_CHECK(x.scalar_type() == h.scalar_type(), op, ": ", name, " must have h's dtype ",
                 h.scalar_type(), " (the forward's output); got ", x.scalar_type());
   };
@@ -392,8 +393,7 @@ std::vector<Tensor> block_bwd(const Tensor& dout, const Tensor& h_in, const Bloc
 
 BlockDims check_step(const Tensor& h_t, const StepCache& cache, const BlockParams& p,
                      const Tensor& A, const MixerSpec& spec, int64_t n_modalities,
-                     int64_t position) {
-  constexpr const char* op = "metamamba_step";
+                     int64_t position, const char* op) {
   TORCH_CHECK(h_t.dim() == 2, op, ": h_t must be one token (B, D); got ", shape_str(h_t.sizes()));
   const auto d = check_block_params(op, h_t, p, spec, n_modalities);
   TORCH_CHECK(position >= 0, op, ": position must be >= 0; got ", position);
@@ -402,8 +402,8 @@ BlockDims check_step(const Tensor& h_t, const StepCache& cache, const BlockParam
 
   // Caches: activations in h_t's dtype, the SSM state in fp32 (fp64 allowed for fp64 h_t).
   auto check_cache = [&](const Tensor& c, const char* name, const char* formula,
-                         std::vector<int64_t> expected) {
-    check_param(op, c, name, formula, std::move(expected), h_t);
+                         at::IntArrayRef expected) {
+    check_param(op, c, name, formula, expected, h_t);
     TORCH_CHECK(c.scalar_type() == cdt, op, ": ", name, " must have h_t's dtype ", cdt,
                 "; got ", c.scalar_type());
   };

@@ -78,10 +78,10 @@ std::vector<at::Tensor> block_bwd(const at::Tensor& dout, const at::Tensor& h,
                                   const BlockParams& p, const BlockSaved& s,
                                   const BlockConfig& cfg);
 
-// The checks of metamamba_step (parameters, caches, A, position) alone.
+// The checks of metamamba_step (parameters, caches, A, position) alone; errors start with `op`.
 BlockDims check_step(const at::Tensor& h_t, const StepCache& cache, const BlockParams& p,
                      const at::Tensor& A, const MixerSpec& spec, int64_t n_modalities,
-                     int64_t position);
+                     int64_t position, const char* op = "metamamba_step");
 
 // One token h_t (B, D) at `position`; updates the caches in place. Returns (B, D).
 at::Tensor step(const at::Tensor& h_t, const StepCache& cache, const BlockParams& p,

@@ -52,6 +52,13 @@ using OptTensor = std::optional<at::Tensor>;
 // "(Tensor out, Tensor h1, ..., Tensor y)"
 #define DMM_BLOCK_FWD_RETURNS "(Tensor out" DMM_BLOCK_SAVED(DMM_SCHEMA_SAVED_OUT_) ")"
 
+// "Tensor[] norm1_weight, ..., Tensor?[] mixer1_bias, ...": one list per parameter, one entry per
+// layer (metamamba_steps).
+#define DMM_SCHEMA_LIST_TYPE_Tensor "Tensor[] "
+#define DMM_SCHEMA_LIST_TYPE_OptTensor "Tensor?[] "
+#define DMM_SCHEMA_PARAM_LIST_(T, name) DMM_SCHEMA_LIST_TYPE_##T #name ", "
+#define DMM_BLOCK_PARAM_LISTS_SCHEMA DMM_BLOCK_PARAMS(DMM_SCHEMA_PARAM_LIST_)
+
 // ---- the bundles ------------------------------------------------------------------------------
 struct BlockParams {
 #define DMM_FIELD_(T, name) T name;
@@ -88,6 +95,38 @@ struct StepCache {
   Tensor ssm_state;  // (B, E, N) fp32
 };
 
+// ---- several layers (metamamba_steps): one list per parameter, entry l for layer l -----------------
+// The C++ types of "Tensor[]" and "Tensor?[]" arguments.
+#define DMM_LIST_TYPE_Tensor at::TensorList
+#define DMM_LIST_TYPE_OptTensor c10::List<std::optional<at::Tensor>>
+
+inline Tensor layer_entry(at::TensorList list, size_t l) { return list[l]; }
+inline OptTensor layer_entry(const c10::List<std::optional<at::Tensor>>& list, size_t l) {
+  return list.get(l);
+}
+
+struct BlockParamLists {
+#define DMM_FIELD_(T, name) DMM_LIST_TYPE_##T name;
+  DMM_BLOCK_PARAMS(DMM_FIELD_)
+#undef DMM_FIELD_
+  // Layer l's parameters (its entry of every list; the lengths are checked by the caller).
+  BlockParams layer(size_t l) const {
+#define DMM_ENTRY_(T, name) layer_entry(name, l),
+    return BlockParams{DMM_BLOCK_PARAMS(DMM_ENTRY_)};
+#undef DMM_ENTRY_
+  }
+};
+
+// Every layer's caches, updated in place: mixer2 is empty for single mixers.
+struct StepCacheLists {
+  at::TensorList mixer1;     // (B, W1-1, D) per layer
+  at::TensorList mixer2;     // (B, W2-1, E) per layer, double mixers
+  at::TensorList ssm_state;  // (B, E, N) per layer
+  StepCache layer(size_t l) const {
+    return {mixer1[l], mixer2.empty() ? OptTensor() : OptTensor(mixer2[l]), ssm_state[l]};
+  }
+};
+
 // (out, h1, v, xz, xm, xs, x_dbl, y)
 #define DMM_COMMA_TENSOR_(name) , Tensor
 using BlockFwdResult = std::tuple<Tensor DMM_BLOCK_SAVED(DMM_COMMA_TENSOR_)>;
@@ -111,7 +150,15 @@ using BlockBwdFn = std::vector<Tensor> (*)(const Tensor& dout, const Tensor& h,
 using StepFn = Tensor (*)(const Tensor& h_t, const StepCache&, const BlockParams&, const Tensor& A,
                           const BlockConfig&, int64_t position);
 
+// All layers, in order, for one token: A holds each layer's A = -exp(A_log).
+using StepsFn = Tensor (*)(const Tensor& h_t, const StepCacheLists&, const BlockParamLists&,
+                           at::TensorList A, const BlockConfig&, int64_t position);
+
 #define DMM_PARAM_DECL_(T, name) const T& name,
+// The kernels' argument types: "Tensor[]" by value (an ArrayRef), "Tensor?[]" by const reference.
+#define DMM_LIST_ARG_Tensor at::TensorList
+#define DMM_LIST_ARG_OptTensor const c10::List<std::optional<at::Tensor>>&
+#define DMM_PARAM_LIST_DECL_(T, name) DMM_LIST_ARG_##T name,
 #define DMM_PARAM_NAME_(T, name) name,
 #define DMM_SAVED_DECL_(name) const Tensor& name,
 #define DMM_SAVED_NAME_(name) name,
@@ -145,6 +192,17 @@ Tensor step_entry(const Tensor& h_t, const Tensor& mixer1_cache, const OptTensor
                   int64_t position) {
   return fn(h_t, StepCache{mixer1_cache, mixer2_cache, ssm_state},
             BlockParams{DMM_BLOCK_PARAMS(DMM_PARAM_NAME_)}, A,
+            make_config(mixer, n_modalities, residual_ssm, eps), position);
+}
+
+template <StepsFn fn>
+Tensor steps_entry(const Tensor& h_t, at::TensorList mixer1_cache, at::TensorList mixer2_cache,
+                   at::TensorList ssm_state, DMM_BLOCK_PARAMS(DMM_PARAM_LIST_DECL_)
+                       at::TensorList A,
+                   c10::string_view mixer, int64_t n_modalities, bool residual_ssm, double eps,
+                   int64_t position) {
+  return fn(h_t, StepCacheLists{mixer1_cache, mixer2_cache, ssm_state},
+            BlockParamLists{DMM_BLOCK_PARAMS(DMM_PARAM_NAME_)}, A,
             make_config(mixer, n_modalities, residual_ssm, eps), position);
 }
 
