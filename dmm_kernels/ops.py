@@ -236,7 +236,7 @@ def metamamba_steps_fn(caches, params, mixer="conv", n_modalities=3, residual_ss
     if len(caches) != len(params) or not params:
         raise ValueError(f"metamamba_steps: need one cache per layer and at least one layer; got "
                          f"{len(caches)} caches for {len(params)} parameter sets")
-    mixer, n_modalities = reference.canonical_mixer(mixer, n_modalities)
+    mixer, n_modalities = mixers.canonical(mixer, n_modalities)
     device = caches[0]["ssm_state"].device
     if not _extension.uses_ops(device):
         def step(h_t, position):
