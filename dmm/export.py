@@ -51,8 +51,9 @@ class RecurrentStep(nn.Module):
     """One environment step of the recurrent policy; caches (per layer: mixer1_cache,
     [mixer2_cache,] ssm_state, see cache_specs) updated in place."""
 
-    def __init__(self, model: DecisionMetaMamba):
+    def __init__(self, model: DecisionMetaMamba, max_ep_len: int):
         super().__init__()
+        self.max_t = int(max_ep_len) - 1
         for blk in model.blocks:
             if N_TOKEN_TYPES % getattr(blk, "op_n_modalities", 1):
                 raise ValueError(f"export: a block with {blk.op_n_modalities} modalities; the "
@@ -73,7 +74,7 @@ class RecurrentStep(nn.Module):
         for keys in self.keys:
             caches.append(dict(zip(keys, flat_caches[i:i + len(keys)])))
             i += len(keys)
-        t = timestep.clamp(0, m.max_ep_len - 1)                          # (B,)
+        t = timestep.clamp(0, self.max_t)                                # (B,)
         # Modality = position % n_modalities with n_modalities 3 (or 1): the token type, so the
         # positions R, s, a = 0, 1, 2 serve every step.
         self._feed(m._add_time(m.embed_return(rtg), t), caches, 0)
@@ -87,10 +88,10 @@ class WindowStep(nn.Module):
     """One environment step of the window protocol (dmm.evaluate._WindowStepper): the buffers
     states (B, K, S), actions (B, K, A), rtg (B, K, 1), timesteps (B, K) int64 updated in place."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, max_ep_len: int):
         super().__init__()
         self.model = model
-        self.max_t = int(model.max_ep_len) - 1
+        self.max_t = int(max_ep_len) - 1
 
     def forward(self, state, rtg, timestep, states, actions, rtgs, timesteps):
         states.copy_(torch.roll(states, -1, dims=1))
@@ -131,15 +132,18 @@ def zero_caches(specs: list[dict], batch: int) -> list[torch.Tensor]:
                        dtype=getattr(torch, s["dtype"])) for s in specs]
 
 
-def step_module(model: nn.Module, mode: str) -> nn.Module:
+def step_module(model: nn.Module, mode: str, max_ep_len: int | None = None) -> nn.Module:
+    """The step of `mode`; timesteps are clamped to max_ep_len - 1 as `dmm eval` does (its
+    max_ep_len: the dataset's, default the model's)."""
+    max_ep_len = int(model.max_ep_len if max_ep_len is None else max_ep_len)
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "recurrent":
         if not isinstance(model, DecisionMetaMamba):
             raise ValueError(f"--mode recurrent needs a Decision MetaMamba; this run is a "
                              f"{type(model).__name__}, which has no recurrent form: use --mode window")
-        return RecurrentStep(model).eval()
-    return WindowStep(model).eval()
+        return RecurrentStep(model, max_ep_len).eval()
+    return WindowStep(model, max_ep_len).eval()
 
 
 def example_inputs(model: nn.Module, specs: list[dict], batch: int = EXAMPLE_BATCH) -> tuple:
@@ -200,6 +204,13 @@ def compile_package(module: nn.Module, specs: list[dict], ops: str, out: Path,
     return Path(path)
 
 
+def package_cpu_isa(path: Path) -> str | None:
+    """The instruction set the package was compiled for (AOTInductor's record): it runs on CPUs
+    that have it."""
+    from torch._C._aoti import AOTIModelPackageLoader
+    return AOTIModelPackageLoader.load_metadata_from_package(str(path), "model").get("AOTI_CPU_ISA")
+
+
 def time_package(path: Path, model: nn.Module, specs: list[dict], n: int = 300) -> float:
     """Median microseconds of one call at batch 1, one thread (after 20 warm-up calls)."""
     runner = torch._inductor.aoti_load_package(str(path))
@@ -244,7 +255,7 @@ def metadata(model: nn.Module, ckpt: dict, mode: str, ops: str, specs: list[dict
         "target_return": None if targets[0] is None else float(targets[0]),
         "action_scale": scale, "action_low": [-scale] * model.act_dim,
         "action_high": [scale] * model.act_dim,
-        "max_ep_len": int(model.max_ep_len), "env_id": info.get("env_id"),
+        "max_ep_len": int(info.get("max_ep_len", 1000)), "env_id": info.get("env_id"),
         "dataset": info.get("name"), "checkpoint": checkpoint, "checkpoint_step": ckpt.get("step"),
         "model_config": model.config, "latency_us_batch1": timings,
     }
@@ -264,7 +275,7 @@ def export_policy(checkpoint, out, mode: str = "recurrent", ops: str = "auto",
     if out.suffix != ".pt2":
         raise ValueError(f"--out {out}: the package file must end in .pt2 (AOTInductor's format)")
     model, ckpt = load_policy(checkpoint, "cpu")
-    module = step_module(model, mode)
+    module = step_module(model, mode, int(ckpt.get("dataset_info", {}).get("max_ep_len", 1000)))
     specs = cache_specs(model, mode, float(ckpt["config"]["eval"].get("action_pad", PAD_ACTION)))
     candidates = ["reference", "dmm"] if ops == "auto" else [ops]
     if ops == "auto" and not dmm_kernels.HAS_EXTENSION:
@@ -291,6 +302,7 @@ def export_policy(checkpoint, out, mode: str = "recurrent", ops: str = "auto",
             if cand != chosen:
                 out.with_name(f"{out.stem}.{cand}.pt2").unlink(missing_ok=True)
     meta.update(ops=chosen, needs_dmm_ops=chosen == "dmm", latency_us_batch1=timings or None)
+    meta["cpu_isa"] = package_cpu_isa(out)
     json_path = out.with_suffix(".json")
     json_path.write_text(json.dumps(meta, indent=1))
     log(f"wrote {out} ({mode} mode, {chosen} ops) and {json_path}")

@@ -76,6 +76,7 @@ def test_metadata(packages, run):
     assert win["ops"] == WINDOW_OPS and win["needs_dmm_ops"] == (WINDOW_OPS == "dmm")
     np.testing.assert_allclose(rec["state_mean"], ckpt["state_mean"].ravel(), rtol=0, atol=0)
     assert rec["reward_scale"] == ckpt["reward_scale"] and rec["torch"] == torch.__version__
+    assert rec["cpu_isa"] is not None
     assert rec["target_return"] == ckpt["config"]["eval"]["target_return"]
     assert rec["action_high"] == [rec["action_scale"]] and rec["action_low"] == [-rec["action_scale"]]
     # The caches in call order: per layer mixer window then SSM state; window: the K buffers.
@@ -110,6 +111,7 @@ def test_auto_keeps_the_faster(run, monkeypatch, tmp_path):
         times = {"reference": 50.0, "dmm": 80.0} if faster == "reference" else {"reference": 90.0, "dmm": 70.0}
         monkeypatch.setattr(export, "compile_package", fake_compile)
         monkeypatch.setattr(export, "time_package", lambda path, *a: times[path.read_text()])
+        monkeypatch.setattr(export, "package_cpu_isa", lambda path: "AVX2")
         out = tmp_path / f"p-{faster}.pt2"
         meta = export.export_policy(run, out, mode="recurrent", ops="auto", log=lambda *a: None)
         assert out.read_text() == faster and meta["ops"] == faster
