@@ -17,7 +17,7 @@ from dmm import __version__
 from dmm.config import apply_overrides, available_configs, make_config, merge
 from dmm.data import embedded, generate, install, load_dataset
 from dmm.evaluate import evaluate_checkpoint
-from dmm.export import add_parser as add_export_parser
+from dmm.export_command import add_parser as add_export_parser
 from dmm.optional import MissingPackage
 from dmm.train import train
 
@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("dir", help="folder holding MANIFEST.json (e.g. datasets/hopper)")
     di.set_defaults(func=cmd_datasets_install)
 
-    add_export_parser(sub)  # dmm export (dmm/export.py)
+    add_export_parser(sub)  # dmm export (dmm/export_command.py)
 
     i = sub.add_parser("info", help="versions, compiled kernels, CUDA",
                        description="Print package versions, whether the compiled dmm_kernels "

@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dmm_kernels
+from dmm.evaluate import (_RecurrentStepper, _WindowStepper, env_seeds, load_policy,
+                          make_vector_env, normalize, run_episodes)
 from dmm.export import EXPORT_FORMAT, zero_caches
 
 
@@ -45,8 +48,7 @@ class ExportedPolicy:
 
     def __init__(self, package, batch: int = 1):
         self.meta = meta = read_metadata(package)
-        if meta["needs_dmm_ops"]:
-            import dmm_kernels  # registers torch.ops.dmm.*, which the package calls
+        if meta["needs_dmm_ops"]:  # the package calls torch.ops.dmm.*
             if not dmm_kernels.HAS_EXTENSION:
                 raise ValueError(f"{package} calls the dmm ops, but they are not loaded "
                                  f"({dmm_kernels.EXTENSION_ERROR}); reinstall with `pip install .`")
@@ -89,8 +91,6 @@ def check_exported(package, episodes: int, seed: int = 0, log=print) -> dict:
     """`dmm export --check N`: N episodes through the package, and the same N (same seeds)
     through the eager model of its checkpoint in the same mode; also the eager model on the
     package's own observations, step by step (the largest action difference)."""
-    from dmm.evaluate import (_RecurrentStepper, _WindowStepper, load_policy, make_vector_env,
-                              env_seeds, normalize, run_episodes)
     if episodes < 1:
         raise ValueError(f"--check {episodes}: replay at least 1 episode")
     meta = read_metadata(package)
