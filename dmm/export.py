@@ -132,6 +132,7 @@ def cache_specs(model: nn.Module, mode: str, action_pad: float = PAD_ACTION) -> 
 
 
 def zero_caches(specs: list[dict], batch: int) -> list[torch.Tensor]:
+    """Fresh caches of `batch` rows at their reset values (spec "init")."""
     return [torch.full([batch if d == "batch" else d for d in s["shape"]], s["init"],
                        dtype=getattr(torch, s["dtype"])) for s in specs]
 
