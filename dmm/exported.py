@@ -102,7 +102,11 @@ def check_exported(package, episodes: int, seed: int = 0, log=print) -> dict:
     eager = (_WindowStepper(model, n, float(ckpt["config"]["eval"]["action_pad"]), "cpu",
                             meta["max_ep_len"]) if mode == "window"
              else _RecurrentStepper(model, n, "cpu", meta["max_ep_len"]))
-    mean, std = policy.mean, policy.std
+    # The eager side's inputs made as `dmm eval` makes them, not taken from the runner, so that the
+    # runner's bookkeeping (normalization, returns-to-go) is checked too.
+    mean = torch.as_tensor(np.asarray(ckpt["state_mean"]), dtype=torch.float32)
+    std = torch.as_tensor(np.maximum(np.asarray(ckpt["state_std"]), 1e-6), dtype=torch.float32)
+    rtg = torch.full((n, 1), float(meta["target_return"]) / meta["reward_scale"])  # (n, 1)
     envs = make_vector_env(meta["env_id"], n)
     try:
         obs, _ = envs.reset(seed=env_seeds(seed, n))
@@ -112,12 +116,13 @@ def check_exported(package, episodes: int, seed: int = 0, log=print) -> dict:
             for t in range(horizon):
                 action = policy.act(obs, reward)                             # (n, A) env units
                 s = (torch.as_tensor(obs, dtype=torch.float32) - mean) / std
-                ref = eager.act(s, policy.rtg.clone(), t)                    # (n, A) in [-1, 1]
+                ref = eager.act(s, rtg, t)                                   # (n, A) in [-1, 1]
                 diff = (ref - policy.last_action).abs().amax(dim=1).numpy()  # (n,)
                 worst = max(worst, float(diff[active].max()))
                 obs, reward, term, trunc, _ = envs.step(action)
                 reward = np.where(active, reward, 0.0)
                 returns += reward
+                rtg = rtg - torch.as_tensor(reward, dtype=torch.float32)[:, None] / meta["reward_scale"]
                 active &= ~(np.asarray(term) | np.asarray(trunc))
                 if not active.any():
                     break
