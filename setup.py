@@ -87,7 +87,9 @@ def _build_options():
             with open(os.path.join(folder, "_build_info.json"), "w") as f:
                 json.dump(info, f, indent=1)
 
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/block/*.cpp"))
+    # csrc/python: the module stub (PyInit__C) that only the Python extension has.
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/block/*.cpp")
+                     + glob.glob("csrc/python/*.cpp"))
     cxx_flags = ["-O3", "-fopenmp"]  # torch adds the C++ standard it needs
     include_dirs = [os.path.join(ROOT, "csrc")]
     cmdclass = {"build_ext": BuildExt.with_options(use_ninja=True)}

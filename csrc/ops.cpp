@@ -5,16 +5,15 @@
 //   * float32 / bfloat16 / float16 activations, fp32 accumulation, outputs in the input dtype
 //     unless stated; recurrent states are always float32.
 //   * Optional inputs that are absent give empty (numel 0) gradients in the backward ops.
-#include <Python.h>
+//
+// Python-free: the same sources build the Python extension dmm_kernels._C (with the module stub
+// csrc/python/module.cpp) and the C++ library libdmm_ops (CMakeLists.txt).
 #include <torch/library.h>
 
 #include "block/params.h"
+#include "dmm_ops.h"
 
-// `import dmm_kernels._C` loads this shared object, whose static initialisers register the ops.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
+const char* dmm_ops_version() { return DMM_OPS_VERSION; }
 
 TORCH_LIBRARY(dmm, m) {
   // ---- selective scan: mamba-ssm's selective_scan_fn layout and semantics -------------------

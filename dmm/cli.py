@@ -18,6 +18,7 @@ from dmm_kernels import mixers
 from dmm.config import apply_overrides, available_configs, make_config, merge
 from dmm.data import embedded, generate, install, load_dataset
 from dmm.evaluate import evaluate_checkpoint
+from dmm.export_command import add_parser as add_export_parser
 from dmm.optional import MissingPackage
 from dmm.train import train
 
@@ -189,7 +190,7 @@ def _add_info(sub) -> None:
     i.set_defaults(func=cmd_info)
 
 
-SUBCOMMANDS = (_add_train, _add_compare, _add_eval, _add_datasets, _add_info)
+SUBCOMMANDS = (_add_train, _add_compare, _add_eval, _add_datasets, add_export_parser, _add_info)
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:

@@ -151,3 +151,18 @@ def test_build_info_names_the_decision():
     import torch
     assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert info["decision"].startswith("dmm_kernels build: CPU")
+
+
+def test_op_sources_are_python_free():
+    """libdmm_ops (CMakeLists.txt) compiles csrc/ without csrc/python: only the module stub there
+    may use Python (a Python symbol in the op library fails to load in a C++ program)."""
+    uses = [p.relative_to(ROOT) for p in (ROOT / "csrc").rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh")
+            and re.search(r"#include <Python\.h>|PyObject|PyModule_|pybind11", p.read_text())]
+    assert uses == [Path("csrc/python/module.cpp")]
+
+
+def test_op_library_version_is_the_package_version():
+    header = (ROOT / "csrc" / "dmm_ops.h").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    version = re.search(r'^#define DMM_OPS_VERSION "([0-9.]+)"', header, re.M).group(1)
+    assert version == re.search(r'^version = "([0-9.]+)"', pyproject, re.M).group(1)
