@@ -142,12 +142,18 @@ def check_exported(package, episodes: int, seed: int = 0, log=print) -> dict:
         result[name] = {"return_mean": float(rets.mean()), "return_std": float(rets.std()),
                         "score_mean": None if scores is None else float(scores.mean()),
                         "score_std": None if scores is None else float(scores.std())}
-    for name, label in (("exported", f"exported ({Path(package).name}, {meta['ops']} ops)"),
-                        ("eager", "eager (dmm eval)")):
+    _log_check(result, f"exported ({Path(package).name}, {meta['ops']} ops)", log)
+    return result
+
+
+def _log_check(result: dict, exported_label: str, log) -> None:
+    """check_exported's result as lines: both scores, then the largest action difference."""
+    for name, label in (("exported", exported_label), ("eager", "eager (dmm eval)")):
         r = result[name]
         score = ("n/a" if r["score_mean"] is None
                  else f"{r['score_mean']:.1f} ± {r['score_std']:.1f}")
         log(f"{label}: normalized score {score}, return {r['return_mean']:.1f} ± "
-            f"{r['return_std']:.1f} over {n} episodes ({mode} mode, seed {seed})")
-    log(f"largest action difference, exported vs eager on the same observations: {worst:.2e}")
-    return result
+            f"{r['return_std']:.1f} over {result['episodes']} episodes ({result['mode']} mode, "
+            f"seed {result['seed']})")
+    log(f"largest action difference, exported vs eager on the same observations: "
+        f"{result['max_action_difference']:.2e}")
