@@ -14,7 +14,7 @@ Models: "default" (default.yaml: d_model 64, 3 layers, conv mixer, K 8, W 6) and
 paper's v1 size: d_model 128, 3 layers, conv, K 8). Python rows time the model call on a
 normalized state (the runner's bookkeeping is outside it); C++ rows time Policy::act whole.
 
-    python benchmarks/policy_latency.py [--actions 2000] [--models default v1]
+    python -m benchmarks.policy_latency [--actions 2000] [--models default v1]
         [--modes recurrent window] [--cpp build/cpp_policy/policy_check]
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import dmm_kernels
-from csv_out import write_rows
+from benchmarks.csv_out import write_rows
 from dmm import build_model, export
 from dmm.evaluate import _RecurrentStepper, _WindowStepper
 

@@ -16,7 +16,7 @@ The blocks rows call the ops with prebuilt arguments (the op cost from Python); 
 include the embeddings, the head and the Python around them. Untrained models (the latency does
 not depend on the weights). Median over --actions actions after a warm-up.
 
-    python benchmarks/step_latency.py [--actions 2000] [--threads 1] [--cpp]
+    python -m benchmarks.step_latency [--actions 2000] [--threads 1] [--cpp]
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import dmm_kernels
-from csv_out import write_rows
+from benchmarks.csv_out import write_rows
 from dmm import DecisionMetaMamba
 from dmm_kernels.ops import _scan_A, _steps_lists
 

@@ -112,3 +112,17 @@ def test_no_import_cycle():
 def test_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_benchmarks_and_tools_import_as_packages():
+    """benchmarks/ and tools/gpu/ are packages run as `python -m benchmarks.NAME`: each module
+    imports by its package name (a bare sibling import such as `from csv_out import ...` fails)."""
+    import importlib
+    root = Path(__file__).resolve().parents[1]
+    names = [f"benchmarks.{p.stem}" for p in sorted((root / "benchmarks").glob("*.py"))
+             if p.stem != "__init__"]
+    names += [f"tools.gpu.{p.stem}" for p in sorted((root / "tools" / "gpu").glob("*.py"))
+              if p.stem != "__init__"]
+    assert "benchmarks.policy_latency" in names
+    for name in names:
+        importlib.import_module(name)
