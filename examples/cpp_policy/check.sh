@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:?usage: check.sh CMAKE_BUILD_DIR PYTHON [WORK_DIR]}
 py=${2:?usage: check.sh CMAKE_BUILD_DIR PYTHON [WORK_DIR]}
-if [ -n "${3:-}" ]; then work=$3; else work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; fi
+if [ -n "${3:-}" ]; then mkdir -p "$3"; work=$(cd "$3" && pwd); else work=$(mktemp -d); trap 'rm -rf "$work"' EXIT; fi
 jobs=${MAX_JOBS:-$(nproc)}
 fail() { echo "cpp_policy check: $*" >&2; exit 1; }
 
