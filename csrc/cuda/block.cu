@@ -29,8 +29,6 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <map>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,7 +53,6 @@ constexpr int kPreprojThreads = 256;  // 8 warps: one per token of the tile
 constexpr int kTokensPerCta = 8;      // preproj tile; the W-1 halo rows are recomputed
 constexpr int kLnThreads = 256;       // 8 rows per CTA
 constexpr int kEltThreads = 256;
-constexpr size_t kDefaultSmem = 48 * 1024;
 
 bool force_unfused() {
   static const bool value = [] {
@@ -103,21 +100,6 @@ const c10::TypedOperatorHandle<MixFwdSig>& mix_fwd_op() {
 }
 
 size_t smem_optin() { return device_properties().sharedMemPerBlockOptin; }
-
-// Raise a kernel's dynamic shared-memory limit past 48 KB; done once per (kernel, device, size)
-// so that a replay or a graph capture after a first eager call makes no runtime-config call.
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= kDefaultSmem) return;
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, size_t> granted;
-  const std::lock_guard<std::mutex> lock(mutex);
-  size_t& g = granted[{reinterpret_cast<const void*>(kernel), current_device()}];
-  if (g >= bytes) return;
-  DMM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-  g = bytes;
-}
 
 // ---- forward -----------------------------------------------------------------------------------
 struct FwdPlan {

@@ -19,8 +19,11 @@
 #include <algorithm>
 #include <initializer_list>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <type_traits>
+#include <utility>
 
 #include "cuda/device.cuh"
 #include "emu/launch.h"
@@ -71,6 +74,24 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 inline int current_device() { return int(c10::cuda::current_device()); }
 inline const cudaDeviceProp& device_properties() { return *at::cuda::getCurrentDeviceProperties(); }
 #endif
+
+// Dynamic shared memory a launch may use without opting in.
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+// Raise a kernel's dynamic shared-memory limit past kDefaultSmem, once per (kernel, device, size),
+// so that a replay or graph capture after a first eager call makes no runtime-config call.
+template <typename Kernel>
+void allow_smem(Kernel kernel, size_t bytes) {
+  if (bytes <= kDefaultSmem) return;
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> granted;
+  const std::lock_guard<std::mutex> lock(mutex);
+  size_t& g = granted[{reinterpret_cast<const void*>(kernel), current_device()}];
+  if (g >= bytes) return;
+  DMM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+  g = bytes;
+}
 
 // ---- dtype tags and device buffers of tensors ----------------------------------------------------
 inline DType dtype_tag(at::ScalarType t) {

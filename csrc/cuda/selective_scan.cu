@@ -13,8 +13,6 @@
 
 #include <climits>
 #include <limits>
-#include <map>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -106,21 +104,6 @@ Config scan_config(bool backward, int64_t N, int64_t L, int R, size_t acc_size) 
   TORCH_CHECK(false, "selective_scan: N = ", N, " states do not fit the device's ", limit,
               " bytes of shared memory per block");
   return {};
-}
-
-// Raise a kernel's dynamic shared-memory limit past 48 KB, once per (kernel, device, size), so that
-// a replay or graph capture after a first eager call makes no runtime-config call.
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  if (bytes <= 48 * 1024) return;
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, size_t> granted;
-  const std::lock_guard<std::mutex> lock(mutex);
-  size_t& g = granted[{reinterpret_cast<const void*>(kernel), current_device()}];
-  if (g >= bytes) return;
-  DMM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(bytes)));
-  g = bytes;
 }
 
 template <typename KT, bool kBackward>
